@@ -1,0 +1,97 @@
+"""M2DiffNet: shapes, MRI-free path, per-sample MRI dropout, fusion variants, paper-scale size."""
+
+import pytest
+import torch
+
+from scripts.network import M2DiffNet
+
+TINY = dict(
+    base_channels=8,
+    channel_mult=(1, 2),
+    num_res_blocks=1,
+    attention_levels=(False, True),
+    num_heads=1,
+    norm_num_groups=4,
+    dropout=0.0,
+)
+
+
+def _randomise(network: torch.nn.Module) -> torch.nn.Module:
+    """Fill every parameter with noise: zero-initialised convs would hide wrong wiring."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in network.parameters():
+            p.normal_(0, 0.2)
+    return network.eval()
+
+
+def _inputs(batch=2, size=16, context=0):
+    torch.manual_seed(1)
+    return torch.randn(batch, 1 + 2 * (1 + 2 * context), size, size), torch.tensor([10, 900][:batch])
+
+
+@pytest.mark.parametrize("fusion", ["concat", "gated"])
+def test_both_heads_have_the_input_shape(fusion):
+    net = M2DiffNet(fusion=fusion, **TINY)
+    x, t = _inputs()
+    assert net(x, t).shape == (2, 2, 16, 16)
+
+
+def test_context_slices_add_input_channels():
+    net = M2DiffNet(context_slices=1, **TINY)
+    x, t = _inputs(context=1)
+    assert x.shape[1] == 7
+    assert net(x, t).shape == (2, 2, 16, 16)
+    with pytest.raises(ValueError, match="expected x of shape"):
+        net(x[:, :3], t)
+
+
+def test_rejects_sizes_the_unet_cannot_halve():
+    net = M2DiffNet(**TINY)
+    with pytest.raises(ValueError, match="divisible by 2"):
+        net(torch.randn(1, 3, 15, 16), torch.tensor([3]))
+
+
+def test_mri_free_pet_output_ignores_the_mri():
+    net = _randomise(M2DiffNet(**TINY))
+    x, t = _inputs()
+    other = x.clone()
+    other[:, 2:] = torch.randn_like(other[:, 2:]) * 5
+    with torch.no_grad():
+        free_a, free_b = net(x, t, mri_free=True), net(other, t, mri_free=True)
+        guided_a, guided_b = net(x, t), net(other, t)
+    assert torch.equal(free_a[:, 0], free_b[:, 0])
+    assert not torch.allclose(guided_a[:, 0], guided_b[:, 0])  # with MRI, the MRI matters
+
+
+def test_per_sample_mri_dropout_matches_the_mri_free_path():
+    net = _randomise(M2DiffNet(**TINY))
+    x, t = _inputs()
+    with torch.no_grad():
+        mixed = net(x, t, mri_free=torch.tensor([True, False]))
+        free = net(x, t, mri_free=True)
+        guided = net(x, t)
+    torch.testing.assert_close(mixed[0, 0], free[0, 0])
+    torch.testing.assert_close(mixed[1], guided[1])
+    torch.testing.assert_close(mixed[0, 1], guided[0, 1])  # the MRI head always sees the MRI
+
+
+def test_mri_branch_never_sees_the_low_dose_pet():
+    """The MRI encoder takes [MRI, x_t]: changing only the LD PET leaves its features unchanged."""
+    net = _randomise(M2DiffNet(**TINY))
+    x, t = _inputs()
+    other = x.clone()
+    other[:, 1] = torch.randn_like(other[:, 1])
+    seen = []
+    net.mri_encoder.register_forward_hook(lambda module, args, out: seen.append(out[0]))
+    with torch.no_grad():
+        net(x, t), net(other, t)
+    torch.testing.assert_close(seen[0], seen[1])
+
+
+def test_paper_scale_parameter_count():
+    """Base 128, multipliers (1,1,2,3,4), 2 residual blocks, attention at the two lowest levels: ~202.7 M."""
+    with torch.device("meta"):
+        net = M2DiffNet()
+    count = sum(p.numel() for p in net.parameters())
+    assert abs(count - 202.7e6) / 202.7e6 < 0.01, count
