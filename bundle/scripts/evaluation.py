@@ -1,0 +1,226 @@
+"""Score enhanced studies against the standard-dose images, per study, and summarise per method, dose and group.
+
+:class:`StudyPrepareBatch` gives the evaluator ``[LD, MRI]`` and the dose level (for dose-dependent baselines).
+:class:`StudyEvaluationHandler` is attached to the evaluator of configs/evaluate.json: after each study it puts the
+output back into activity units (x ``pet_scale``), scores it against the standard-dose (SD) and the noise-free SD
+images (``scripts.metrics``), times it, and draws a panel; at the end it writes ``metrics.csv`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.engines import PrepareBatch
+
+from scripts import metrics
+
+REFERENCES = {"sd": "pet_sd", "sd_noisefree": "pet_sd_noisefree"}
+METRIC_NAMES = ("psnr", "ssim", "nmse", "mean_bias_pct", "suvr_bias_pct", "slice_psnr", "slice_ssim")
+
+
+class StudyPrepareBatch(PrepareBatch):
+    """``(image, None, (), {"dose_reduction_factor": K})`` from an evaluation batch (``image`` = ``[LD, MRI]``)."""
+
+    def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
+        image = batchdata["image"].to(device=device, non_blocking=non_blocking, **kwargs)
+        drf = batchdata.get("dose_reduction_factor")
+        drf = int(drf[0]) if isinstance(drf, (list, tuple, torch.Tensor)) else drf
+        return image, None, (), {"dose_reduction_factor": drf}
+
+
+def _array(x) -> np.ndarray:
+    return np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
+
+
+def score_study(enhanced, study: dict, per_slice_threshold: float = 0.05) -> list[dict]:
+    """All metrics of one enhanced study against each reference image.
+
+    Args:
+        enhanced: ``(H, W, D)`` enhanced PET in activity units.
+        study: ``pet_sd``, ``pet_sd_noisefree`` (``(H, W, D)``, activity units), ``brain_mask``, ``labels``,
+            ``affine`` (4x4 of the labels' grid).
+        per_slice_threshold: mask threshold of the paper's per-slice protocol.
+
+    Returns:
+        One dict per reference present: ``{"reference": name, "psnr": ..., ...}``.
+    """
+    enhanced = _array(enhanced)
+    mask = _array(study["brain_mask"]) > 0
+    rows = []
+    for name, key in REFERENCES.items():
+        if key not in study:
+            continue
+        ref = _array(study[key])
+        row = {
+            "reference": name,
+            "psnr": metrics.masked_psnr(enhanced, ref, mask),
+            "ssim": metrics.masked_ssim(enhanced, ref, mask),
+            "nmse": metrics.masked_nmse(enhanced, ref, mask),
+            "mean_bias_pct": metrics.mean_bias(enhanced, ref, mask),
+            "suvr_bias_pct": float("nan"),
+        }
+        if "labels" in study:
+            try:
+                row["suvr_bias_pct"] = metrics.suvr_bias(enhanced, ref, study["labels"], study["affine"])
+            except ValueError:  # no meta-ROI or pons voxel in this field of view
+                pass
+        row.update(metrics.per_slice_protocol(enhanced, ref, per_slice_threshold))
+        rows.append(row)
+    return rows
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Mean and standard deviation of each metric per (reference, dose level, group) and per (reference, dose)."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        for group in (row["group"], "all"):
+            groups[(row["reference"], int(row["dose_reduction_factor"]), group)].append(row)
+    summary: dict = {}
+    for (reference, drf, group), members in sorted(groups.items()):
+        entry = {"n": len(members)}
+        for name in METRIC_NAMES + ("seconds", "network_calls_per_slice", "network_calls_per_volume"):
+            values = np.array([m[name] for m in members], dtype=float)
+            values = values[np.isfinite(values)]
+            entry[name] = {"mean": float(values.mean()), "std": float(values.std())} if values.size else None
+        summary.setdefault(reference, {}).setdefault(f"drf{drf}", {})[group] = entry
+    return summary
+
+
+def save_panel(path: str, images: dict[str, np.ndarray], title: str) -> None:
+    """PNG of one axial slice of each image (MRI, LD, enhanced, SD, |error|, uncertainty)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pet_max = float(np.percentile(images["standard dose"], 99.5)) or 1.0
+    fig, axes = plt.subplots(1, len(images), figsize=(2.6 * len(images), 3.0))
+    for ax, (name, image) in zip(axes, images.items()):
+        if name == "MRI":
+            vmax = float(np.percentile(image, 99.5)) or 1.0
+        elif name in ("|error|", "uncertainty (std)"):
+            vmax = 0.25 * pet_max
+        else:
+            vmax = pet_max
+        ax.imshow(np.rot90(image), cmap="gray" if name == "MRI" else "magma", vmin=0, vmax=vmax)
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+class StudyEvaluationHandler:
+    """Scores each enhanced study of an evaluator; writes ``metrics.csv``, ``summary.json`` and panels.
+
+    The evaluator's ``pred`` is ``(2, H, W, D)`` (enhanced, std) in normalised units; the batch item holds
+    ``pet_scale``, ``pet_low_dose``/``t1`` (normalised), ``pet_sd``, ``pet_sd_noisefree`` (activity units),
+    ``brain_mask``, ``labels``, ``id``, ``group`` and ``dose_reduction_factor``.
+
+    Args:
+        output_dir: folder of the outputs.
+        method: method name written in every row.
+        num_inference_steps: sampler steps (recorded with every metric; 0 for non-diffusion methods).
+        save_panels: draw a PNG panel per study.
+        per_slice_threshold: mask threshold of the paper's per-slice protocol.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        method: str,
+        num_inference_steps: int = 0,
+        save_panels: bool = True,
+        per_slice_threshold: float = 0.05,
+    ) -> None:
+        self.output_dir = output_dir
+        self.method = method
+        self.num_inference_steps = num_inference_steps
+        self.save_panels = save_panels
+        self.per_slice_threshold = per_slice_threshold
+        self.rows: list[dict] = []
+        self._started = 0.0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_STARTED, self._tic)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._score)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _reset(self, engine: Engine) -> None:
+        self.rows = []
+        os.makedirs(self.output_dir, exist_ok=True)
+
+    def _tic(self, engine: Engine) -> None:
+        self._started = time.perf_counter()
+
+    def _score(self, engine: Engine) -> None:
+        seconds = time.perf_counter() - self._started
+        batch, output = engine.state.batch, engine.state.output
+        batch, output = (batch, output) if isinstance(batch, list) else ([batch], [output])
+        calls = int(getattr(engine.inferer, "network_calls_per_slice", 0))
+        for item, out in zip(batch, output):
+            scale = float(item["pet_scale"])
+            pred = _array(out["pred"]) * scale
+            study = {k: _array(item[k])[0] for k in ("pet_sd", "pet_sd_noisefree", "brain_mask") if k in item}
+            if "labels" in item:
+                study["labels"] = _array(item["labels"])[0].astype(np.int32)
+                study["affine"] = _array(item["labels"].affine)
+            info = {
+                "id": str(item["id"]),
+                "group": str(item["group"]),
+                "dose_reduction_factor": int(item["dose_reduction_factor"]),
+                "method": self.method,
+                "num_inference_steps": self.num_inference_steps,
+                "seconds": seconds / len(batch),
+                "network_calls_per_slice": calls,
+                "network_calls_per_volume": calls * pred.shape[-1],
+            }
+            for row in score_study(pred[0], study, self.per_slice_threshold):
+                self.rows.append({**info, **row})
+            if self.save_panels:
+                self._panel(item, pred, study, info)
+
+    def _panel(self, item: dict, pred: np.ndarray, study: dict, info: dict) -> None:
+        mask = study["brain_mask"] > 0
+        k = int(np.argmax(mask.sum(axis=(0, 1))))
+        scale = float(item["pet_scale"])
+        images = {
+            "MRI": _array(item["t1"])[0][..., k],
+            "low dose": _array(item["pet_low_dose"])[0][..., k] * scale,
+            "enhanced": pred[0][..., k],
+            "standard dose": study["pet_sd"][..., k],
+            "|error|": np.abs(pred[0] - study["pet_sd"])[..., k],
+            "uncertainty (std)": pred[1][..., k],
+        }
+        os.makedirs(os.path.join(self.output_dir, "panels"), exist_ok=True)
+        name = f"{info['id']}_drf{info['dose_reduction_factor']}"
+        title = f"{self.method}: {info['id']} ({info['group']}), dose 1/{info['dose_reduction_factor']}, slice {k}"
+        save_panel(os.path.join(self.output_dir, "panels", f"{name}.png"), images, title)
+
+    def _write(self, engine: Engine) -> None:
+        if not self.rows:
+            return
+        with open(os.path.join(self.output_dir, "metrics.csv"), "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(self.rows[0]))
+            writer.writeheader()
+            writer.writerows(self.rows)
+        summary = {
+            "method": self.method,
+            "num_inference_steps": self.num_inference_steps,
+            "num_studies": len({(r["id"], r["dose_reduction_factor"]) for r in self.rows}),
+            "seconds_per_volume": float(np.mean([r["seconds"] for r in self.rows])),
+            "network_calls_per_slice": float(np.mean([r["network_calls_per_slice"] for r in self.rows])),
+            "network_calls_per_volume": float(np.mean([r["network_calls_per_volume"] for r in self.rows])),
+            "metrics": summarise(self.rows),
+        }
+        with open(os.path.join(self.output_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)

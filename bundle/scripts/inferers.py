@@ -1,0 +1,131 @@
+"""How each method turns a normalised study ``[LD, MRI]`` into an enhanced volume: MONAI ``Inferer`` objects.
+
+Every inferer takes ``inputs`` of shape ``(B, 2, H, W, D)`` (channel 0 the normalised low-dose PET, channel 1 the
+normalised MRI, axial = last dim) and the network, and returns ``(B, 2, H, W, D)``: channel 0 the enhanced image,
+channel 1 its per-voxel standard deviation (zeros for deterministic methods). Training, validation and evaluation all
+use them, so every method is scored by one workflow.
+
+- :class:`SamplerInferer`: diffusion methods through ``scripts.sampler.DDIMVolumeSampler`` (M2Diff, its MRI-free
+  mode with ``use_mri=False``, the single-branch conditional diffusion baseline).
+- :class:`SliceRegressionInferer`: a 2D regression network on ``[LD, MRI]`` slices (MONAI ``SliceInferer``).
+- :class:`GaussianFilterInferer`: a 3D Gaussian post-filter of the low-dose image (FWHM in mm).
+- :class:`LowDoseInferer`: the low-dose image itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.inferers import Inferer, SliceInferer
+from monai.transforms import GaussianSmooth
+from torch import nn
+
+FWHM_PER_SIGMA = 2.354820045
+
+
+def _check_inputs(inputs: torch.Tensor) -> None:
+    if inputs.ndim != 5 or inputs.shape[1] != 2:
+        raise ValueError(f"expected inputs (B, 2, H, W, D) = [low-dose PET, MRI], got {tuple(inputs.shape)}")
+
+
+def _with_zero_std(image: torch.Tensor) -> torch.Tensor:
+    return torch.cat([image, torch.zeros_like(image)], dim=1)
+
+
+class SamplerInferer(Inferer):
+    """Enhance with a diffusion sampler (one study at a time).
+
+    Args:
+        sampler: a ``DDIMVolumeSampler`` (``sampler(network, pet_low_dose, mri_t1) -> (mean, std)``).
+        use_mri: give the MRI; ``False`` runs the network's MRI-free path (M2Diff only).
+    """
+
+    def __init__(self, sampler, use_mri: bool = True) -> None:
+        super().__init__()
+        self.sampler = sampler
+        self.use_mri = use_mri
+
+    @property
+    def network_calls_per_slice(self) -> int:
+        """Network evaluations each slice receives (steps x samples)."""
+        return int(self.sampler.network_calls_per_slice)
+
+    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, **kwargs) -> torch.Tensor:
+        _check_inputs(inputs)
+        outputs = []
+        for study in inputs:
+            study = study[None].float()
+            mean, std = self.sampler(network, study[:, :1], study[:, 1:2] if self.use_mri else None)
+            outputs.append(torch.cat([mean, std], dim=1))
+        return torch.cat(outputs).to(inputs.device)
+
+
+class SliceRegressionInferer(Inferer):
+    """Enhance with a 2D regression network on axial ``[LD, MRI]`` slices (padded to ``roi_size``).
+
+    Args:
+        roi_size: (H, W) window of MONAI's ``SliceInferer``; slices smaller than it are padded (it must suit the
+            network's down-sampling), larger ones are tiled.
+        sw_batch_size: slices per network call.
+        use_mri: give the MRI channel (``False``: the network takes the low-dose PET only).
+    """
+
+    def __init__(self, roi_size: Sequence[int] = (128, 128), sw_batch_size: int = 16, use_mri: bool = True) -> None:
+        super().__init__()
+        self.use_mri = use_mri
+        self.network_calls_per_slice = 1
+        self.slice_inferer = SliceInferer(
+            roi_size=tuple(roi_size), sw_batch_size=sw_batch_size, spatial_dim=2, overlap=0.25, mode="gaussian"
+        )
+
+    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, **kwargs) -> torch.Tensor:
+        _check_inputs(inputs)
+        network_inputs = inputs if self.use_mri else inputs[:, :1]
+        with torch.no_grad():
+            pred = self.slice_inferer(network_inputs.float(), network)
+        return _with_zero_std(pred.as_tensor() if hasattr(pred, "as_tensor") else pred)
+
+
+class GaussianFilterInferer(Inferer):
+    """3D Gaussian post-filter of the low-dose PET (the network is ignored).
+
+    Args:
+        fwhm_mm: full width at half maximum of the filter in mm (0: no filtering), or one per dose reduction factor
+            (``{drf: fwhm}``, e.g. chosen on validation subjects by ``scripts.baselines.search_gaussian_fwhm``); the
+            dose level then comes as the ``dose_reduction_factor`` keyword of the call.
+        voxel_size_mm: voxel size, in mm (one number or one per axis).
+    """
+
+    network_calls_per_slice = 0
+
+    def __init__(self, fwhm_mm: float | dict = 4.0, voxel_size_mm: float | Sequence[float] = 2.0) -> None:
+        super().__init__()
+        self.fwhm_mm = {int(k): float(v) for k, v in fwhm_mm.items()} if isinstance(fwhm_mm, dict) else float(fwhm_mm)
+        self.voxel_size_mm = [float(voxel_size_mm)] * 3 if isinstance(voxel_size_mm, (int, float)) else voxel_size_mm
+
+    def __call__(
+        self, inputs: torch.Tensor, network: nn.Module | None = None, *args, dose_reduction_factor=None, **kwargs
+    ) -> torch.Tensor:
+        _check_inputs(inputs)
+        low_dose = inputs[:, :1].float()
+        fwhm = self.fwhm_mm
+        if isinstance(fwhm, dict):
+            if dose_reduction_factor is None or int(dose_reduction_factor) not in fwhm:
+                raise ValueError(f"no FWHM for dose reduction factor {dose_reduction_factor}; have {sorted(fwhm)}")
+            fwhm = fwhm[int(dose_reduction_factor)]
+        if fwhm <= 0:
+            return _with_zero_std(low_dose)
+        smooth = GaussianSmooth(sigma=[fwhm / FWHM_PER_SIGMA / s for s in self.voxel_size_mm])
+        filtered = torch.stack([torch.as_tensor(smooth(study)) for study in low_dose])
+        return _with_zero_std(filtered.to(inputs.device))
+
+
+class LowDoseInferer(Inferer):
+    """The low-dose PET as it is (the network is ignored): the floor every method must beat."""
+
+    network_calls_per_slice = 0
+
+    def __call__(self, inputs: torch.Tensor, network: nn.Module | None = None, *args, **kwargs) -> torch.Tensor:
+        _check_inputs(inputs)
+        return _with_zero_std(inputs[:, :1].float())

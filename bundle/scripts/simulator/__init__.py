@@ -1,0 +1,5 @@
+"""Simulator of MRI + FDG-PET brain studies at several dose reduction factors (MNI152 anatomy, OSEM)."""
+
+from . import acquisition, activity, anatomy, cohort, projector, qc, reconstruction
+
+__all__ = ["acquisition", "activity", "anatomy", "cohort", "projector", "qc", "reconstruction"]

@@ -1,0 +1,406 @@
+"""Cohort generation: per-subject simulation, NIfTI/JSON output, train/validation/test datalist, resumability.
+
+Every subject is simulated from its own seed (``SeedSequence([seed, index])``), so a subject's files do not depend on
+which other subjects were generated, and a rerun skips subjects whose ``params.json`` (written last) exists.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .acquisition import Scanner, ScannerConfig, downsample_2x, log_uniform
+from .activity import absolute_scale, attenuation_map, relative_uptake
+from .anatomy import load_template_anatomy, mri_appearance, warp_anatomy, warp_anatomy_fine
+
+__all__ = [
+    "simulate_subject",
+    "save_subject",
+    "assign_groups_and_splits",
+    "subject_record",
+    "generate_cohort",
+    "write_json_atomic",
+    "save_nifti_atomic",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def write_json_atomic(obj, path: str | os.PathLike) -> None:
+    """Write JSON through a temporary file and ``os.replace``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def save_nifti_atomic(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, dtype=np.float32) -> None:
+    """Save a NIfTI (deterministic gzip: no timestamp) through a temporary file and ``os.replace``."""
+    import gzip
+
+    import nibabel as nib
+
+    path = Path(path)
+    img = nib.Nifti1Image(np.asarray(array, dtype=dtype), np.asarray(affine, dtype=np.float64))
+    img.header.set_xyzt_units("mm", "sec")
+    img.header.set_qform(img.affine, code=1)
+    img.header.set_sform(img.affine, code=1)
+    raw = img.to_bytes()
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(gzip.compress(raw, compresslevel=4, mtime=0))
+    os.replace(tmp, path)
+
+
+def simulate_subject(
+    seed: int | Sequence[int],
+    ad_severity: float = 0.0,
+    dose_reduction_factors: Sequence[float] = (4, 20, 50, 100),
+    sim_voxel_mm: int = 2,
+    counts_range: tuple[float, float] = (5e7, 2e8),
+    psf_fwhm_range_mm: tuple[float, float] = (3.5, 6.0),
+    scanner: Scanner | None = None,
+    scanner_config: ScannerConfig | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    counts: float | None = None,
+    warp: bool = True,
+) -> tuple[dict[str, np.ndarray], dict]:
+    """Simulate one subject: warped anatomy, T1, true activity, SD / LD / noise-free OSEM reconstructions.
+
+    Args:
+        seed: integer or integer sequence (numpy SeedSequence entropy) for this subject.
+        ad_severity: 0 for a cognitively normal subject, > 0 for AD (1 = full published contrast).
+        dose_reduction_factors: dose reduction factors simulated from the same acquisition.
+        sim_voxel_mm: simulation grid (2, or 1 to avoid the inverse crime properly; slower).
+        counts_range: range of standard-dose true counts (log-uniform).
+        psf_fwhm_range_mm: range of the true PSF FWHM.
+        scanner: a prebuilt :class:`Scanner` (reuse across subjects; must match ``sim_voxel_mm``).
+        scanner_config: settings used when ``scanner`` is None.
+        cache_dir: template cache folder.
+        counts: fixed standard-dose counts (overrides ``counts_range``; benchmarks).
+        warp: apply the random anatomy warp (False: template anatomy; benchmarks).
+
+    Returns:
+        (images, params): images on the 2 mm grid: ``t1``, ``pet_truth``, ``pet_sd``, ``pet_sd_noisefree``,
+        ``pet_drf{K}``, ``labels``, ``brain_mask``, ``affine``; params is a JSON-serialisable dict.
+    """
+    t0 = time.perf_counter()
+    ss = np.random.SeedSequence(seed)
+    warp_seed, rng_seed = ss.generate_state(2)
+    rng = np.random.default_rng(rng_seed)
+    template2 = load_template_anatomy(2, cache_dir)
+    if sim_voxel_mm == 2:
+        anat = warp_anatomy(template2, int(warp_seed)) if warp else dict(template2)
+        anat2 = anat
+    else:
+        template1 = load_template_anatomy(1, cache_dir)
+        shape2 = template2["t1"].shape
+        anat = warp_anatomy_fine(template1, shape2, int(warp_seed)) if warp else dict(template1)
+        anat2 = {k: downsample_2x(anat[k], shape2) for k in ("t1", "gm", "wm", "csf")}
+        anat2["labels"] = np.ascontiguousarray(anat["labels"][::2, ::2, ::2])
+        anat2["brain_mask"] = (downsample_2x(anat["brain_mask"].astype(np.float32), shape2) > 0.5).astype(np.uint8)
+        anat2["affine"] = template2["affine"].copy()
+    if scanner is None:
+        scanner = Scanner(template2["t1"].shape, sim_voxel_mm, scanner_config)
+    elif scanner.sim_voxel_mm != sim_voxel_mm:
+        raise ValueError(f"scanner simulates at {scanner.sim_voxel_mm} mm, requested sim_voxel_mm={sim_voxel_mm}")
+    t1, mri_params = mri_appearance(anat2["t1"], anat2["brain_mask"], rng)
+    mu_sim, tissue, mu_params = attenuation_map(anat["brain_mask"], float(sim_voxel_mm), rng)
+    rel, uptake_params = relative_uptake(anat, rng, ad_severity=ad_severity, skull_scalp=tissue)
+    scale = absolute_scale(rng)
+    activity = rel * scale["bq_ml_per_unit"]
+    if sim_voxel_mm == 2:
+        truth, mu_recon = activity, mu_sim
+    else:
+        truth = downsample_2x(activity, template2["t1"].shape)
+        mu_recon = downsample_2x(mu_sim, template2["t1"].shape)
+    fwhm = float(rng.uniform(*psf_fwhm_range_mm))
+    fwhm_xyz = (fwhm, fwhm, fwhm * float(rng.uniform(0.9, 1.15)))
+    sd_counts = float(counts) if counts is not None else log_uniform(rng, *counts_range)
+    data = scanner.expected_data(activity, mu_sim, mu_recon, fwhm_xyz, sd_counts)
+    recon_fwhm = scanner.config.recon_psf_ratio * fwhm
+    t_sim = time.perf_counter() - t0
+    images = {
+        "t1": t1,
+        "pet_truth": truth.astype(np.float32),
+        "labels": anat2["labels"].astype(np.int16),
+        "brain_mask": anat2["brain_mask"].astype(np.uint8),
+        "affine": template2["affine"],
+    }
+    images["pet_sd_noisefree"] = scanner.reconstruct(data["prompts"], data, recon_fwhm, 1.0)
+    images["pet_sd"] = scanner.reconstruct(scanner.poisson(data["prompts"], rng, 1.0), data, recon_fwhm, 1.0)
+    for drf in dose_reduction_factors:
+        noisy = scanner.poisson(data["prompts"], rng, float(drf))
+        images[f"pet_drf{_drf_name(drf)}"] = scanner.reconstruct(noisy, data, recon_fwhm, float(drf))
+    seed_list = [int(s) for s in np.atleast_1d(np.asarray(seed))]
+    params = {
+        "seed": seed_list,
+        "group": "AD" if ad_severity > 0 else "CN",
+        "ad_severity": float(ad_severity),
+        "counts": sd_counts,
+        "counts_per_drf": {str(_drf_name(d)): sd_counts / float(d) for d in dose_reduction_factors},
+        "dose_reduction_factors": [_drf_name(d) for d in dose_reduction_factors],
+        "psf_fwhm_mm": fwhm,
+        "psf_fwhm_xyz_mm": list(fwhm_xyz),
+        "psf_tail_fraction": scanner.config.psf_tail_fraction,
+        "recon_psf_fwhm_mm": recon_fwhm,
+        "sim_voxel_mm": sim_voxel_mm,
+        "recon_voxel_mm": 2.0,
+        "osem_iterations": scanner.config.n_iterations,
+        "osem_subsets": scanner.config.n_subsets,
+        "n_angles": scanner.config.n_angles,
+        "post_filter_mm": scanner.config.post_filter_mm,
+        "scatter_fraction": scanner.config.scatter_fraction,
+        "randoms_fraction": scanner.config.randoms_fraction,
+        "calibration_counts_per_bq_ml": data["calibration"],
+        "units": "Bq/ml",
+        "decay_correction": "START",
+        "activity_units_note": "activity concentrations decay-corrected to the scan start",
+        "scan_start_after_injection_s": scale["uptake_time_s"],
+        "radiopharmaceutical": "Fluorodeoxyglucose F^18^",
+        **scale,
+        **mu_params,
+        **uptake_params,
+        **mri_params,
+        "seconds_simulation": time.perf_counter() - t0,
+        "seconds_forward_model": t_sim,
+    }
+    return images, params
+
+
+def _drf_name(drf: float) -> int | float:
+    return int(drf) if float(drf).is_integer() else float(drf)
+
+
+def subject_files(subject_id: str, dose_reduction_factors: Sequence[float]) -> dict[str, str]:
+    """Record keys -> file names (relative to the cohort folder) for one subject."""
+    keys = ["t1", "pet_truth", "pet_sd", "pet_sd_noisefree"]
+    keys += [f"pet_drf{_drf_name(d)}" for d in dose_reduction_factors] + ["labels", "brain_mask"]
+    files = {k: f"{subject_id}/{subject_id}_{k}.nii.gz" for k in keys}
+    files["params"] = f"{subject_id}/{subject_id}_params.json"
+    return files
+
+
+def save_subject(images: dict, params: dict, out_dir: str | os.PathLike, subject_id: str) -> dict[str, str]:
+    """Write a subject's NIfTI files and, last, its params.json (the completion marker)."""
+    out_dir = Path(out_dir)
+    (out_dir / subject_id).mkdir(parents=True, exist_ok=True)
+    files = subject_files(subject_id, params["dose_reduction_factors"])
+    dtypes = {"labels": np.int16, "brain_mask": np.uint8}
+    for key, rel in files.items():
+        if key == "params":
+            continue
+        save_nifti_atomic(images[key], images["affine"], out_dir / rel, dtype=dtypes.get(key, np.float32))
+    write_json_atomic({"id": subject_id, **params}, out_dir / files["params"])
+    return files
+
+
+def assign_groups_and_splits(
+    num_subjects: int, seed: int, ad_fraction: float, split_fractions: Sequence[float], severity_range=(0.3, 1.2)
+) -> list[dict]:
+    """Deterministic group, AD severity and split per subject, stratified by group.
+
+    Returns:
+        list of dicts with ``index``, ``id``, ``group``, ``ad_severity``, ``split``.
+    """
+    if len(split_fractions) != 3 or abs(sum(split_fractions) - 1) > 1e-6:
+        raise ValueError(f"split_fractions must be 3 fractions summing to 1, got {list(split_fractions)}")
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 999_983]))
+    n_ad = int(round(ad_fraction * num_subjects))
+    is_ad = np.zeros(num_subjects, dtype=bool)
+    is_ad[rng.permutation(num_subjects)[:n_ad]] = True
+    severities = rng.uniform(*severity_range, size=num_subjects)
+    n_val = int(round(split_fractions[1] * num_subjects))
+    n_test = int(round(split_fractions[2] * num_subjects))
+    n_train = num_subjects - n_val - n_test
+    sizes = {"training": n_train, "validation": n_val, "test": n_test}
+    ad_sizes = {k: int(round(v * n_ad / max(num_subjects, 1))) for k, v in sizes.items()}
+    ad_sizes["training"] = n_ad - ad_sizes["validation"] - ad_sizes["test"]
+    split = np.empty(num_subjects, dtype=object)
+    for group_mask, group_sizes in ((is_ad, ad_sizes), (~is_ad, {k: sizes[k] - ad_sizes[k] for k in sizes})):
+        idx = rng.permutation(np.flatnonzero(group_mask))
+        start = 0
+        for name in ("training", "validation", "test"):
+            split[idx[start : start + group_sizes[name]]] = name
+            start += group_sizes[name]
+    return [
+        {
+            "index": i,
+            "id": f"sub-{i + 1:04d}",
+            "group": "AD" if is_ad[i] else "CN",
+            "ad_severity": float(round(severities[i], 4)) if is_ad[i] else 0.0,
+            "split": str(split[i]),
+        }
+        for i in range(num_subjects)
+    ]
+
+
+def subject_record(plan: dict, dose_reduction_factors: Sequence[float]) -> dict:
+    """Datalist record of one subject (paths relative to the cohort folder)."""
+    drfs = [_drf_name(d) for d in dose_reduction_factors]
+    return {
+        "id": plan["id"],
+        "group": plan["group"],
+        "ad_severity": plan["ad_severity"],
+        "drfs": drfs,
+        **subject_files(plan["id"], drfs),
+    }
+
+
+def _write_datalist(out_dir: Path, plans: list[dict], done: set[str], dose_reduction_factors) -> None:
+    datalist = {"training": [], "validation": [], "test": []}
+    for plan in plans:
+        if plan["id"] in done:
+            datalist[plan["split"]].append(subject_record(plan, dose_reduction_factors))
+    datalist["dose_reduction_factors"] = [_drf_name(d) for d in dose_reduction_factors]
+    datalist["num_subjects_planned"] = len(plans)
+    datalist["complete"] = len(done) == len(plans)
+    write_json_atomic(datalist, out_dir / "datalist.json")
+
+
+def generate_cohort(
+    output_dir: str | os.PathLike,
+    num_subjects: int = 60,
+    seed: int = 12345,
+    dose_reduction_factors: Sequence[float] = (4, 20, 50, 100),
+    split_fractions: Sequence[float] = (0.7, 0.1, 0.2),
+    ad_fraction: float = 0.4,
+    ad_severity_range: Sequence[float] = (0.3, 1.2),
+    sim_voxel_mm: int = 2,
+    counts_range: Sequence[float] = (5e7, 2e8),
+    psf_fwhm_range_mm: Sequence[float] = (3.5, 6.0),
+    scanner_config: ScannerConfig | None = None,
+    num_threads: int = 1,
+    num_workers: int = 1,
+    cache_dir: str | os.PathLike | None = None,
+    qc: bool = True,
+    progress: bool = True,
+) -> Path:
+    """Generate (or resume) a simulated cohort and its ``datalist.json``.
+
+    The datalist is rewritten after every subject with the completed subjects only (``"complete": false`` until all
+    are done), so a partial cohort is usable.
+
+    Args:
+        output_dir: cohort folder.
+        num_subjects: number of subjects.
+        seed: cohort seed (subject i uses ``SeedSequence([seed, i])``).
+        dose_reduction_factors: simulated dose reduction factors.
+        split_fractions: training / validation / test fractions (by subject, stratified by group).
+        ad_fraction: fraction of AD subjects.
+        ad_severity_range: uniform range of AD severities.
+        sim_voxel_mm: simulation grid, 2 or 1 mm.
+        counts_range: standard-dose true counts range (log-uniform).
+        psf_fwhm_range_mm: true PSF FWHM range.
+        scanner_config: scanner settings.
+        num_threads: torch threads per process.
+        num_workers: worker processes (each simulates whole subjects; 1 = in this process).
+        cache_dir: template cache (default ``output_dir/.cache``).
+        qc: write a QC PNG per subject.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        the path of ``datalist.json``.
+    """
+    from tqdm import tqdm
+
+    torch.set_num_threads(int(num_threads))
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cache_dir = Path(cache_dir) if cache_dir is not None else out / ".cache"
+    drfs = [_drf_name(d) for d in dose_reduction_factors]
+    plans = assign_groups_and_splits(
+        int(num_subjects), int(seed), float(ad_fraction), list(split_fractions), tuple(ad_severity_range)
+    )
+    write_json_atomic(
+        {
+            "num_subjects": int(num_subjects),
+            "seed": int(seed),
+            "dose_reduction_factors": drfs,
+            "split_fractions": list(split_fractions),
+            "ad_fraction": ad_fraction,
+            "sim_voxel_mm": sim_voxel_mm,
+            "counts_range": list(counts_range),
+            "psf_fwhm_range_mm": list(psf_fwhm_range_mm),
+        },
+        out / "cohort_config.json",
+    )
+    done = {p["id"] for p in plans if (out / p["id"] / f"{p['id']}_params.json").exists()}
+    _write_datalist(out, plans, done, drfs)
+    todo = [p for p in plans if p["id"] not in done]
+    job = {
+        "out": str(out),
+        "seed": int(seed),
+        "drfs": drfs,
+        "sim_voxel_mm": int(sim_voxel_mm),
+        "counts_range": tuple(counts_range),
+        "psf_fwhm_range_mm": tuple(psf_fwhm_range_mm),
+        "scanner_config": scanner_config,
+        "cache_dir": str(cache_dir),
+        "qc": qc,
+        "num_threads": int(num_threads),
+    }
+    load_template_anatomy(2, cache_dir)  # build the cache once before any worker starts
+    if sim_voxel_mm == 1:
+        load_template_anatomy(1, cache_dir)
+    bar = tqdm(total=len(plans), initial=len(done), desc="simulating subjects", disable=not progress)
+    if int(num_workers) <= 1:
+        results = (_simulate_and_save(plan, job) for plan in todo)
+        pool = None
+    else:
+        import multiprocessing as mp
+
+        pool = mp.get_context("spawn").Pool(int(num_workers))
+        results = pool.imap_unordered(functools.partial(_simulate_and_save, job=job), todo)
+    try:
+        for subject_id, seconds in results:
+            done.add(subject_id)
+            _write_datalist(out, plans, done, drfs)
+            bar.update(1)
+            logger.info("%s done in %.1f s", subject_id, seconds)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.close()
+            pool.join()
+    return out / "datalist.json"
+
+
+_SCANNERS: dict = {}
+
+
+def _simulate_and_save(plan: dict, job: dict) -> tuple[str, float]:
+    """Simulate and write one subject (runs in the main process or a worker; scanners are cached per process)."""
+    torch.set_num_threads(job["num_threads"])
+    key = (job["sim_voxel_mm"], repr(job["scanner_config"]))
+    if key not in _SCANNERS:
+        template = load_template_anatomy(2, job["cache_dir"])
+        _SCANNERS[key] = Scanner(template["t1"].shape, job["sim_voxel_mm"], job["scanner_config"])
+    images, params = simulate_subject(
+        [job["seed"], plan["index"]],
+        ad_severity=plan["ad_severity"],
+        dose_reduction_factors=job["drfs"],
+        sim_voxel_mm=job["sim_voxel_mm"],
+        counts_range=job["counts_range"],
+        psf_fwhm_range_mm=job["psf_fwhm_range_mm"],
+        scanner=_SCANNERS[key],
+        cache_dir=job["cache_dir"],
+    )
+    params["split"] = plan["split"]
+    out = Path(job["out"])
+    if job["qc"]:
+        from .qc import qc_figure
+
+        (out / "qc").mkdir(exist_ok=True)
+        qc_figure(images, out / "qc" / f"{plan['id']}_qc.png", title=f"{plan['id']} {params['group']}")
+    save_subject(images, params, out, plan["id"])
+    return plan["id"], float(params["seconds_simulation"])

@@ -1,0 +1,290 @@
+"""Training data and batch preparation for M2Diff and its trainable baselines.
+
+The engines are MONAI's own (``SupervisedTrainer``): this file only says what one batch is.
+
+- :func:`load_cohort` reads a split of the cohort's ``datalist.json`` (paths made absolute, one record per study).
+- :class:`PETSliceDataset` caches the training volumes once and serves random axial slices (2D or 2.5D), each with a
+  dose level drawn from the record's ``drfs``, normalised by the low-dose PET's own scale (as at inference).
+- :class:`DiffusionPrepareBatch` noises the standard-dose slice and returns ``([x_t, LD, MRI], SD, (t,), kwargs)``
+  with per-sample MRI dropout; :class:`RegressionPrepareBatch` returns ``([LD, MRI], SD)``.
+- :class:`MultiTaskDiffusionLoss` is the paper's ``w_pet MSE(pet, SD) + w_mri MSE(mri, SD) + w_cons MSE(pet, mri)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.engines import PrepareBatch
+from monai.networks.schedulers import Scheduler
+from monai.transforms import LoadImage, MapTransform, Randomizable
+from torch import nn
+
+from scripts.sampler import mri_scale, pet_scale
+
+DOSE_KEY = "pet_drf{}"
+PATH_SUFFIXES = (".nii", ".nii.gz", ".json", ".npy", ".npz")
+
+
+def load_cohort(
+    datalist_file: str, split: str, dose_reduction_factors: Sequence[int] | None = None, per_dose: bool = False
+) -> list[dict]:
+    """Records of one split of a cohort ``datalist.json`` with absolute paths.
+
+    Args:
+        datalist_file: path of ``datalist.json``; record paths are relative to its folder.
+        split: "training", "validation" or "test".
+        dose_reduction_factors: keep only these dose levels (``None``: all of each record's ``drfs``).
+        per_dose: one record per (subject, dose level), with the low-dose image under ``pet_low_dose`` and the level
+            under ``dose_reduction_factor`` (evaluation); otherwise one record per subject (training).
+
+    Returns:
+        List of record dicts.
+    """
+    with open(datalist_file) as f:
+        datalist = json.load(f)
+    if split not in datalist:
+        raise ValueError(f"split {split!r} not in {datalist_file}; expected one of {sorted(datalist)}")
+    base = os.path.dirname(os.path.abspath(datalist_file))
+    records = []
+    for record in datalist[split]:
+        record = {k: os.path.join(base, v) if _is_relative_path(k, v) else v for k, v in record.items()}
+        drfs = [int(k) for k in record.get("drfs", [])]
+        if dose_reduction_factors is not None:
+            missing = sorted(set(map(int, dose_reduction_factors)) - set(drfs))
+            if missing:
+                raise ValueError(f"{record['id']}: dose reduction factors {missing} requested, record has {drfs}")
+            drfs = [int(k) for k in dose_reduction_factors]
+        record["drfs"] = drfs
+        if not per_dose:
+            records.append(record)
+            continue
+        for drf in drfs:
+            records.append(dict(record, pet_low_dose=record[DOSE_KEY.format(drf)], dose_reduction_factor=drf))
+    return records
+
+
+def _is_relative_path(key: str, value) -> bool:
+    return isinstance(value, str) and value.endswith(PATH_SUFFIXES) and not os.path.isabs(value)
+
+
+class NormaliseStudyd(MapTransform):
+    """Divide the PET images of a study by the low-dose PET's scale and the MRI by its own (``scripts.sampler``).
+
+    The scale is stored under ``"pet_scale"`` so outputs can be put back into activity units exactly.
+
+    Args:
+        pet_keys: PET images to divide by the scale of ``pet_low_dose_key`` (the low-dose image included).
+        pet_low_dose_key: key of the low-dose PET.
+        mri_key: key of the T1 MRI (``None``: no MRI).
+    """
+
+    def __init__(self, pet_keys: Sequence[str], pet_low_dose_key: str = "pet_low_dose", mri_key: str | None = "mri_t1"):
+        super().__init__(list(pet_keys) + ([mri_key] if mri_key else []))
+        self.pet_keys = list(pet_keys)
+        self.pet_low_dose_key = pet_low_dose_key
+        self.mri_key = mri_key
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        scale = pet_scale(d[self.pet_low_dose_key])
+        for key in self.pet_keys:
+            d[key] = d[key] / scale
+        if self.mri_key:
+            d[self.mri_key] = d[self.mri_key] / mri_scale(d[self.mri_key])
+        d["pet_scale"] = scale
+        return d
+
+
+class PETSliceDataset(Randomizable, torch.utils.data.Dataset):
+    """Random axial training slices of cached volumes, normalised per study as at inference.
+
+    Every volume is loaded once. An item is one axial slice of one subject that holds enough brain; each time it is
+    drawn it gets a dose level chosen at random among the subject's ``drfs`` and a random crop (centred on a random
+    brain voxel of the slice, kept inside the image; zero-padded when the image is smaller than the crop).
+
+    Args:
+        data: records from :func:`load_cohort` (keys ``t1``, ``pet_sd``, ``pet_drf{K}``, ``brain_mask``, ``drfs``).
+        context_slices: neighbouring slices each side (2.5D); 0 for 2D.
+        patch_size: (H, W) crop; ``None`` keeps whole slices (H, W must then suit the network).
+        min_brain_fraction: a slice is used when at least this fraction of its voxels is brain.
+        seed: seed of the dose and crop choices.
+
+    Each item: ``pet_low_dose`` and ``mri_t1`` ``(1 + 2c, H, W)``, ``pet_standard_dose`` ``(1, H, W)``,
+    ``dose_reduction_factor`` (int), ``id`` (str).
+    """
+
+    def __init__(
+        self,
+        data: Sequence[dict],
+        context_slices: int = 0,
+        patch_size: Sequence[int] | None = (96, 96),
+        min_brain_fraction: float = 0.02,
+        seed: int = 0,
+    ) -> None:
+        if not data:
+            raise ValueError("PETSliceDataset needs at least one training record, got none")
+        self.context_slices = int(context_slices)
+        self.patch_size = None if patch_size is None else tuple(int(p) for p in patch_size)
+        self.set_random_state(seed=seed)
+        loader = LoadImage(image_only=True, dtype=np.float32)
+        self.studies = []
+        self.items: list[tuple[int, int]] = []
+        for record in data:
+            mask = np.asarray(loader(record["brain_mask"])) > 0
+            mri = np.asarray(loader(record["t1"]))
+            standard_dose = np.asarray(loader(record["pet_sd"]))
+            low_doses, scales = {}, {}
+            for drf in record["drfs"]:
+                low_dose = np.asarray(loader(record[DOSE_KEY.format(drf)]))
+                scales[drf] = pet_scale(low_dose)
+                low_doses[drf] = torch.from_numpy(low_dose / scales[drf])
+            study = {
+                "id": record.get("id", ""),
+                "mri_t1": torch.from_numpy(mri / mri_scale(mri)),
+                "pet_standard_dose": torch.from_numpy(standard_dose),
+                "pet_low_dose": low_doses,
+                "pet_scale": scales,
+                "brain_mask": mask,
+            }
+            index = len(self.studies)
+            self.studies.append(study)
+            brain_fraction = mask.reshape(-1, mask.shape[-1]).mean(axis=0)
+            self.items += [(index, int(k)) for k in np.flatnonzero(brain_fraction >= min_brain_fraction)]
+        if not self.items:
+            raise ValueError(f"no axial slice holds a brain fraction >= {min_brain_fraction}")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def randomize(self, data=None) -> None:
+        pass
+
+    def _slices(self, volume: torch.Tensor, k: int) -> torch.Tensor:
+        depth = volume.shape[-1]
+        index = [min(max(k + o, 0), depth - 1) for o in range(-self.context_slices, self.context_slices + 1)]
+        return volume[..., index].permute(2, 0, 1)  # (C, H, W)
+
+    def _crop_box(self, mask_slice: np.ndarray) -> tuple[slice, slice, tuple[int, int, int, int]]:
+        """Random crop window (and the zero padding needed when the image is smaller than the crop)."""
+        height, width = mask_slice.shape
+        crop_h, crop_w = self.patch_size
+        rows, cols = np.nonzero(mask_slice)
+        pick = self.R.randint(len(rows)) if len(rows) else None
+        centre = (rows[pick], cols[pick]) if pick is not None else (height // 2, width // 2)
+        bounds = []
+        for c, size, crop in zip(centre, (height, width), (crop_h, crop_w)):
+            start = int(np.clip(c - crop // 2, 0, max(size - crop, 0)))
+            bounds.append(slice(start, start + crop))
+        pad_h, pad_w = max(crop_h - height, 0), max(crop_w - width, 0)
+        return bounds[0], bounds[1], (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
+
+    def __getitem__(self, index: int) -> dict:
+        study_index, k = self.items[index]
+        study = self.studies[study_index]
+        drf = int(self.R.choice(list(study["pet_low_dose"])))
+        scale = study["pet_scale"][drf]
+        item = {
+            "pet_low_dose": self._slices(study["pet_low_dose"][drf], k),
+            "mri_t1": self._slices(study["mri_t1"], k),
+            "pet_standard_dose": study["pet_standard_dose"][..., k][None] / scale,
+        }
+        if self.patch_size is not None:
+            rows, cols, pad = self._crop_box(study["brain_mask"][..., k])
+            item = {key: nn.functional.pad(v[:, rows, cols], pad) for key, v in item.items()}
+        item = {key: v.float().contiguous() for key, v in item.items()}
+        item.update(dose_reduction_factor=drf, id=study["id"])
+        return item
+
+
+class DiffusionPrepareBatch(PrepareBatch):
+    """Noise the standard-dose slices for an x0-predicting conditional diffusion network.
+
+    Returns ``(inputs, targets, (timesteps,), kwargs)`` for ``SupervisedTrainer`` with a ``SimpleInferer``, i.e. the
+    network is called as ``network(cat([x_t, LD, MRI]), timesteps, **kwargs)`` and the loss as ``loss(pred, SD)``.
+
+    Args:
+        scheduler: noise scheduler (``add_noise`` and ``num_train_timesteps``).
+        mri_dropout_prob: per-sample probability of M2Diff's MRI-free path (``kwargs["mri_free"]``, a ``(B,)`` bool
+            tensor); 0 passes no ``mri_free`` (networks without an MRI-free path).
+        use_mri: give the MRI channels (``False``: PET-only conditioning, the MRI channels are left out).
+    """
+
+    def __init__(self, scheduler: Scheduler, mri_dropout_prob: float = 0.0, use_mri: bool = True) -> None:
+        if not 0.0 <= mri_dropout_prob <= 1.0:
+            raise ValueError(f"mri_dropout_prob must be in [0, 1], got {mri_dropout_prob}")
+        self.scheduler = scheduler
+        self.mri_dropout_prob = float(mri_dropout_prob)
+        self.use_mri = use_mri
+
+    def __call__(
+        self, batchdata: dict, device: str | torch.device | None = None, non_blocking: bool = False, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
+        standard_dose = _as_tensor(batchdata["pet_standard_dose"], device, non_blocking, **kwargs)
+        conditions = [_as_tensor(batchdata["pet_low_dose"], device, non_blocking, **kwargs)]
+        if self.use_mri:
+            conditions.append(_as_tensor(batchdata["mri_t1"], device, non_blocking, **kwargs))
+        batch_size = standard_dose.shape[0]
+        noise = torch.randn_like(standard_dose)
+        timesteps = torch.randint(0, self.scheduler.num_train_timesteps, (batch_size,), device=standard_dose.device)
+        noisy = self.scheduler.add_noise(original_samples=standard_dose, noise=noise, timesteps=timesteps)
+        network_kwargs = {}
+        if self.mri_dropout_prob > 0:
+            network_kwargs["mri_free"] = torch.rand(batch_size, device=standard_dose.device) < self.mri_dropout_prob
+        return torch.cat([noisy, *conditions], dim=1), standard_dose, (timesteps,), network_kwargs
+
+
+class RegressionPrepareBatch(PrepareBatch):
+    """``([LD, MRI], SD)`` slices for a direct regression network (``use_mri=False``: ``(LD, SD)``)."""
+
+    def __init__(self, use_mri: bool = True) -> None:
+        self.use_mri = use_mri
+
+    def __call__(
+        self, batchdata: dict, device: str | torch.device | None = None, non_blocking: bool = False, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        keys = ["pet_low_dose", "mri_t1"] if self.use_mri else ["pet_low_dose"]
+        inputs = torch.cat([_as_tensor(batchdata[k], device, non_blocking, **kwargs) for k in keys], dim=1)
+        return inputs, _as_tensor(batchdata["pet_standard_dose"], device, non_blocking, **kwargs)
+
+
+def _as_tensor(value, device, non_blocking: bool, **kwargs) -> torch.Tensor:
+    value = value.as_tensor() if isinstance(value, MetaTensor) else torch.as_tensor(value)
+    return value.to(device=device, non_blocking=non_blocking, **kwargs)
+
+
+class MultiTaskDiffusionLoss(nn.Module):
+    """M2Diff's multi-task loss on the two heads' x0 predictions.
+
+    ``pet_weight * MSE(pred[:, 0], SD) + mri_weight * MSE(pred[:, 1], SD) + consistency_weight * MSE(pred[:, 0],
+    pred[:, 1])``; the paper uses 0.4, 0.4, 0.2.
+
+    Args:
+        pet_weight: weight of the PET head's error.
+        mri_weight: weight of the MRI head's error.
+        consistency_weight: weight of the disagreement between the heads.
+    """
+
+    def __init__(self, pet_weight: float = 0.4, mri_weight: float = 0.4, consistency_weight: float = 0.2) -> None:
+        super().__init__()
+        self.pet_weight = pet_weight
+        self.mri_weight = mri_weight
+        self.consistency_weight = consistency_weight
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Args: pred ``(B, 2, H, W)`` (PET head, MRI head); target ``(B, 1, H, W)``. Returns a scalar."""
+        if pred.ndim != target.ndim or pred.shape[1] != 2 or target.shape[1] != 1:
+            raise ValueError(
+                f"expected pred (B, 2, ...) and target (B, 1, ...), got {tuple(pred.shape)} and {tuple(target.shape)}"
+            )
+        pet_head, mri_head = pred[:, :1], pred[:, 1:]
+        mse = nn.functional.mse_loss
+        return (
+            self.pet_weight * mse(pet_head, target)
+            + self.mri_weight * mse(mri_head, target)
+            + self.consistency_weight * mse(pet_head, mri_head)
+        )

@@ -1,0 +1,47 @@
+"""multi_gpu_train.json: two CPU processes on gloo through torchrun train 2 iterations and save once."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from tiny_cohort import make_tiny_cohort
+from workflow_testing import BUNDLE_ROOT, TINY_TRAINING
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_ddp_two_cpu_processes(tmp_path):
+    cohort = str(tmp_path / "cohort")
+    make_tiny_cohort(cohort)  # two validation subjects: one per rank
+    settings = {**TINY_TRAINING, "epoch_length": 1, "max_epochs": 2, "val_interval": 2}
+    args = [f"--{k}={v}".replace(" ", "") for k, v in settings.items()]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        "['configs/train.json','configs/multi_gpu_train.json']",
+        "--bundle_root",
+        BUNDLE_ROOT,
+        "--dataset_dir",
+        cohort,
+        "--runs_dir",
+        str(tmp_path / "runs"),
+        *args,
+    ]
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    result = subprocess.run(command, cwd=BUNDLE_ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    checkpoints = tmp_path / "runs" / "m2diff" / "checkpoints"
+    saved = torch.load(checkpoints / "checkpoint_final.pt", weights_only=True)
+    assert saved["trainer"]["iteration"] == 2  # per rank: 2 iterations, each on its own share of the slices
+    network = torch.load(checkpoints / "model.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in network)  # saved unwrapped from DistributedDataParallel

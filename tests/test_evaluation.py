@@ -1,0 +1,88 @@
+"""evaluate.json scores every method through one workflow on a tiny synthetic cohort."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import pytest
+import torch
+from tiny_cohort import make_tiny_cohort
+from workflow_testing import make_workflow, run_workflow
+
+from scripts.baselines import search_gaussian_fwhm
+
+FAST = {"num_inference_steps": 2, "num_threads": 1}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("cohort")
+    make_tiny_cohort(str(folder))
+    return str(folder)
+
+
+def _save_random_network(names: list[str], runs_dir: str, run_name: str) -> None:
+    """An untrained network of the config saved where evaluate.json looks for the trained one."""
+    network = make_workflow(names).parser.get_parsed_content("network_def")
+    folder = os.path.join(runs_dir, run_name, "checkpoints")
+    os.makedirs(folder, exist_ok=True)
+    torch.save(network.state_dict(), os.path.join(folder, "model.pt"))
+
+
+def _evaluate(names: list[str], cohort: str, runs_dir: str, method: str, **overrides) -> str:
+    run_workflow(
+        names + ["evaluate"], "infer", dataset_dir=cohort, runs_dir=runs_dir, method=method, **{**FAST, **overrides}
+    )
+    return os.path.join(runs_dir, "eval", overrides.get("eval_split", "test"), method)
+
+
+def _rows(folder: str) -> list[dict]:
+    with open(os.path.join(folder, "metrics.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def test_low_dose_outputs(cohort, tmp_path):
+    folder = _evaluate(["train"], cohort, str(tmp_path), "low_dose")
+    rows = _rows(folder)
+    assert len(rows) == 2 * 2 * 2  # subjects x dose levels x references
+    assert {r["reference"] for r in rows} == {"sd", "sd_noisefree"}
+    with open(os.path.join(folder, "summary.json")) as f:
+        summary = json.load(f)
+    table = summary["metrics"]["sd"]
+    assert set(table) == {"drf4", "drf100"} and {"CN", "AD", "all"} <= set(table["drf4"])
+    assert table["drf4"]["all"]["psnr"]["mean"] > table["drf100"]["all"]["psnr"]["mean"]  # more dose, better image
+    assert summary["network_calls_per_slice"] == 0
+    assert len(os.listdir(os.path.join(folder, "panels"))) == 4
+
+
+def test_diffusion_methods_and_baselines(cohort, tmp_path):
+    runs = str(tmp_path)
+    _save_random_network(["train"], runs, "m2diff")
+    _save_random_network(["train", "baselines/unet_regression"], runs, "unet_regression")
+    one_dose = {"eval_dose_reduction_factors": [100], "save_panels": False}
+    for names, method, calls in [
+        (["train"], "m2diff", 2),
+        (["train"], "m2diff_mri_free", 2),
+        (["train", "baselines/unet_regression"], "unet_regression", 1),
+        (["train"], "gaussian_filter", 0),
+    ]:
+        rows = _rows(_evaluate(names, cohort, runs, method, gaussian_fwhm_mm={100: 6.0}, **one_dose))
+        assert len(rows) == 4 and all(r["method"] == method for r in rows)
+        assert all(int(r["network_calls_per_slice"]) == calls for r in rows)
+        assert all(float(r["ssim"]) == float(r["ssim"]) for r in rows)  # finite, not NaN
+
+
+def test_evaluate_properties(cohort, tmp_path):
+    workflow = make_workflow(["train", "evaluate"], "infer", dataset_dir=cohort, runs_dir=str(tmp_path))
+    workflow.initialize()
+    assert workflow.check_properties() == []
+
+
+def test_gaussian_fwhm_search(cohort):
+    result = search_gaussian_fwhm(os.path.join(cohort, "datalist.json"), fwhms_mm=(0, 4, 8))
+    assert set(result["best_fwhm_mm"]) == {4, 100}
+    assert result["best_fwhm_mm"][100] >= result["best_fwhm_mm"][4]  # noisier images want more smoothing
+    with pytest.raises(ValueError, match="validation"):
+        search_gaussian_fwhm(os.path.join(cohort, "datalist.json"), split="test")

@@ -1,0 +1,117 @@
+"""Simulator cohort: determinism, resumability, splits by subject, datalist format, DICOM export read-back."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from scripts.simulator.acquisition import ScannerConfig
+from scripts.simulator.cohort import assign_groups_and_splits, generate_cohort
+from scripts.simulator.dicom_export import write_mr_series, write_pet_series
+
+TINY = ScannerConfig(n_angles=12, n_subsets=3, n_iterations=1)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def _generate(out, cache):
+    return generate_cohort(
+        out,
+        num_subjects=1,
+        seed=7,
+        dose_reduction_factors=[10],
+        scanner_config=TINY,
+        cache_dir=cache,
+        qc=False,
+        progress=False,
+    )
+
+
+def test_same_seed_same_bytes_and_resume(tmp_path, cache):
+    a = _generate(tmp_path / "a", cache)
+    b = _generate(tmp_path / "b", cache)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a" / "sub-0001").iterdir())
+    assert len(files) == 8  # t1, truth, sd, noise-free, drf10, labels, brain mask, params.json
+    for rel in files:
+        if rel.suffix == ".json":
+            pa = json.loads((tmp_path / "a" / rel).read_text())
+            pb = json.loads((tmp_path / "b" / rel).read_text())
+            for key in ("seconds_simulation", "seconds_forward_model"):
+                pa.pop(key), pb.pop(key)
+            assert pa == pb
+        else:
+            assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    datalist = json.loads(a.read_text())
+    assert datalist["complete"] and datalist["dose_reduction_factors"] == [10]
+    rec = datalist["training"][0]
+    for key in ("t1", "pet_truth", "pet_sd", "pet_sd_noisefree", "pet_drf10", "labels", "brain_mask", "params"):
+        assert os.path.exists(os.path.join(os.path.dirname(a), rec[key])), key
+    # resume: a rerun skips the finished subject (files untouched)
+    marker = tmp_path / "a" / "sub-0001" / "sub-0001_pet_sd.nii.gz"
+    mtime = marker.stat().st_mtime_ns
+    _generate(tmp_path / "a", cache)
+    assert marker.stat().st_mtime_ns == mtime
+    assert b.exists()
+
+
+def test_splits_disjoint_by_subject_and_stratified():
+    plans = assign_groups_and_splits(60, 12345, 0.4, (0.7, 0.1, 0.2))
+    by_split = {s: {p["id"] for p in plans if p["split"] == s} for s in ("training", "validation", "test")}
+    assert [len(by_split[s]) for s in ("training", "validation", "test")] == [42, 6, 12]
+    assert not (by_split["training"] & by_split["validation"]) and not (by_split["training"] & by_split["test"])
+    assert not (by_split["validation"] & by_split["test"])
+    assert sum(p["group"] == "AD" for p in plans) == 24
+    for s, ids in by_split.items():
+        assert any(p["group"] == "AD" for p in plans if p["id"] in ids), s
+    sev = [p["ad_severity"] for p in plans if p["group"] == "AD"]
+    assert min(sev) >= 0.3 and max(sev) <= 1.2
+    assert plans == assign_groups_and_splits(60, 12345, 0.4, (0.7, 0.1, 0.2))
+
+
+@pytest.mark.parametrize("flip_x", [False, True])
+def test_dicom_export_reads_back_through_monai(tmp_path, flip_x):
+    from monai.transforms import EnsureChannelFirst, LoadImage, Orientation
+
+    rng = np.random.default_rng(0)
+    vol = (rng.random((12, 10, 6)) * 20000).astype(np.float32)
+    affine = np.array([[2.0, 0, 0, -11.0], [0, 2.5, 0, -20.0], [0, 0, 3.0, -7.5], [0, 0, 0, 1]])
+    if flip_x:  # an LAS-stored volume: the exporter must still write correct LPS geometry
+        affine[0, 0], affine[0, 3] = -2.0, 11.0
+    mr = write_mr_series(vol / 20, affine, tmp_path / "MR", uid_entropy=["t", flip_x])
+    pet = write_pet_series(
+        vol,
+        affine,
+        tmp_path / "PET",
+        patient_weight_kg=70.0,
+        injected_dose_bq=2.5e8,
+        half_life_s=6586.2,
+        series_description="test PET",
+        study_uid=mr["study_uid"],
+        frame_of_reference_uid=mr["frame_of_reference_uid"],
+    )
+    import pydicom
+
+    ds = pydicom.dcmread(sorted((tmp_path / "PET").iterdir())[0])
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.128" and ds.Units == "BQML" and ds.Modality == "PT"
+    assert ds.FrameOfReferenceUID == mr["frame_of_reference_uid"] == pet["frame_of_reference_uid"]
+    assert float(ds.PatientWeight) == 70.0
+    radio = ds.RadiopharmaceuticalInformationSequence[0]
+    assert float(radio.RadionuclideTotalDose) == 2.5e8 and float(radio.RadionuclideHalfLife) == 6586.2
+    # reference: the volume reoriented to RAS
+    ref = Orientation("RAS")(EnsureChannelFirst(channel_dim="no_channel")(_meta(vol, affine)))
+    for reader in ("PydicomReader", "ITKReader"):
+        img = LoadImage(reader=reader, image_only=True)(str(tmp_path / "PET"))
+        img = Orientation("RAS")(EnsureChannelFirst()(img))
+        np.testing.assert_allclose(np.asarray(img.affine), np.asarray(ref.affine), atol=1e-4, err_msg=reader)
+        tol = vol.max() / 32767 * 0.51  # half a rescale step of the brightest slice
+        np.testing.assert_allclose(np.asarray(img[0]), np.asarray(ref[0]), atol=tol, err_msg=reader)
+
+
+def _meta(vol, affine):
+    from monai.data import MetaTensor
+
+    return MetaTensor(vol, affine=affine)

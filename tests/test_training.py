@@ -1,0 +1,138 @@
+"""Training workflow tests: the real train.json (and baseline overrides) on a tiny synthetic cohort."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from tiny_cohort import DRFS, make_tiny_cohort
+from workflow_testing import TINY_TRAINING, make_workflow, run_workflow
+
+from scripts.sampler import make_noise_scheduler
+from scripts.training import (
+    DiffusionPrepareBatch,
+    MultiTaskDiffusionLoss,
+    PETSliceDataset,
+    RegressionPrepareBatch,
+    load_cohort,
+)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("cohort")
+    make_tiny_cohort(str(folder))
+    return str(folder)
+
+
+def _train(cohort: str, runs_dir: str, names=("train",), **overrides):
+    settings = {**TINY_TRAINING, "dataset_dir": cohort, "runs_dir": runs_dir, **overrides}
+    return run_workflow(list(names), **settings)
+
+
+def test_load_cohort_paths_and_doses(cohort):
+    records = load_cohort(os.path.join(cohort, "datalist.json"), "training")
+    assert len(records) == 2 and all(os.path.isabs(r["pet_sd"]) and os.path.exists(r["pet_sd"]) for r in records)
+    per_dose = load_cohort(os.path.join(cohort, "datalist.json"), "test", [100], per_dose=True)
+    assert [r["dose_reduction_factor"] for r in per_dose] == [100, 100]
+    assert per_dose[0]["pet_low_dose"].endswith("_pet_drf100.nii.gz")
+    with pytest.raises(ValueError, match="dose reduction factors"):
+        load_cohort(os.path.join(cohort, "datalist.json"), "test", [7])
+
+
+def test_slice_dataset_items(cohort):
+    records = load_cohort(os.path.join(cohort, "datalist.json"), "training")
+    dataset = PETSliceDataset(records, context_slices=1, patch_size=(32, 32), seed=3)
+    assert len(dataset) > 0
+    doses = set()
+    for index in range(len(dataset)):
+        item = dataset[index]
+        assert item["pet_low_dose"].shape == (3, 32, 32) and item["mri_t1"].shape == (3, 32, 32)
+        assert item["pet_standard_dose"].shape == (1, 32, 32)
+        doses.add(item["dose_reduction_factor"])
+    assert doses <= set(DRFS) and len(doses) == 2
+    # SD and LD share the low-dose scale: their brain means agree (same truth, different noise)
+    item = dataset[len(dataset) // 2]
+    brain = item["pet_standard_dose"][0] > 0.3
+    ratio = item["pet_low_dose"][1][brain].mean() / item["pet_standard_dose"][0][brain].mean()
+    assert 0.7 < float(ratio) < 1.3
+    whole = PETSliceDataset(records, patch_size=(48, 48))  # larger than the 40x40 image: zero-padded
+    assert whole[0]["pet_low_dose"].shape == (1, 48, 48)
+
+
+def test_prepare_batch_and_loss():
+    batch = {
+        "pet_low_dose": torch.rand(4, 1, 16, 16),
+        "mri_t1": torch.rand(4, 1, 16, 16),
+        "pet_standard_dose": torch.rand(4, 1, 16, 16),
+    }
+    torch.manual_seed(0)
+    inputs, target, (timesteps,), kwargs = DiffusionPrepareBatch(make_noise_scheduler(), mri_dropout_prob=0.5)(batch)
+    assert inputs.shape == (4, 3, 16, 16) and target.shape == (4, 1, 16, 16) and timesteps.shape == (4,)
+    assert kwargs["mri_free"].dtype == torch.bool and kwargs["mri_free"].shape == (4,)
+    assert torch.equal(inputs[:, 1:], torch.cat([batch["pet_low_dose"], batch["mri_t1"]], 1))
+    _, _, _, kwargs = DiffusionPrepareBatch(make_noise_scheduler(), mri_dropout_prob=0.0)(batch)
+    assert kwargs == {}
+    inputs, target = RegressionPrepareBatch()(batch)
+    assert inputs.shape == (4, 2, 16, 16)
+
+    loss = MultiTaskDiffusionLoss(0.4, 0.4, 0.2)
+    target = torch.zeros(2, 1, 4, 4)
+    pred = torch.cat([torch.ones(2, 1, 4, 4), 3 * torch.ones(2, 1, 4, 4)], dim=1)
+    assert math.isclose(float(loss(pred, target)), 0.4 * 1 + 0.4 * 9 + 0.2 * 4, rel_tol=1e-6)
+    with pytest.raises(ValueError, match="expected pred"):
+        loss(target, target)
+
+
+def test_m2diff_train_validate_resume(cohort, tmp_path):
+    runs = str(tmp_path)
+    workflow = _train(cohort, runs)
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    assert trainer.state.iteration == 2 and trainer.state.epoch == 1
+    evaluator = workflow.parser.get_parsed_content("validate#evaluator")
+    assert np.isfinite(evaluator.state.metrics["val_psnr"]) and np.isfinite(evaluator.state.metrics["val_ssim"])
+    checkpoints = os.path.join(runs, "m2diff", "checkpoints")
+    assert {"model.pt", "model_final.pt", "checkpoint_final.pt"} <= set(os.listdir(checkpoints))
+    network = workflow.parser.get_parsed_content("network_def")
+    network.load_state_dict(torch.load(os.path.join(checkpoints, "model.pt"), weights_only=True))  # plain state_dict
+
+    resumed = _train(cohort, runs, max_epochs=2, resume_ckpt=os.path.join(checkpoints, "checkpoint_final.pt"))
+    trainer = resumed.parser.get_parsed_content("train#trainer")
+    assert trainer.state.epoch == 2 and trainer.state.iteration == 4  # continued, not restarted
+    saved = torch.load(os.path.join(checkpoints, "checkpoint_final.pt"), weights_only=True)
+    assert saved["trainer"]["iteration"] == 4 and set(saved) == {"network", "optimizer", "lr_scheduler", "trainer"}
+
+
+@pytest.mark.parametrize("baseline", ["unet_regression", "single_branch_diffusion"])
+def test_baseline_training(cohort, tmp_path, baseline):
+    workflow = _train(cohort, str(tmp_path), names=("train", f"baselines/{baseline}"))
+    assert workflow.parser.get_parsed_content("train#trainer").state.iteration == 2
+    assert np.isfinite(workflow.parser.get_parsed_content("validate#evaluator").state.metrics["val_psnr"])
+    assert os.path.exists(os.path.join(str(tmp_path), baseline, "checkpoints", "model.pt"))
+
+
+def test_check_properties(cohort, tmp_path):
+    workflow = make_workflow(["train"], dataset_dir=cohort, runs_dir=str(tmp_path))
+    workflow.initialize()
+    assert workflow.check_properties() == []
+
+
+def test_mlflow_tracking(cohort, tmp_path):
+    mlflow = pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+    from monai.utils import path_to_sqlite_uri
+
+    _train(cohort, str(tmp_path), tracking="mlflow")
+    output_dir = os.path.join(str(tmp_path), "m2diff")
+    client = MlflowClient(tracking_uri=path_to_sqlite_uri(os.path.join(output_dir, "mlruns.db")))
+    experiment = client.get_experiment_by_name("m2diff")
+    runs = client.search_runs([experiment.experiment_id])
+    assert runs, "no MLflow run recorded"
+    run = runs[0]
+    assert {"train_loss", "val_psnr", "val_ssim"} <= set(run.data.metrics)
+    assert {"max_epochs", "epoch_length"} <= set(run.data.params)
+    assert any(a.path.startswith("config_") for a in client.list_artifacts(run.info.run_id))
+    assert mlflow is not None
