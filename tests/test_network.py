@@ -2,27 +2,9 @@
 
 import pytest
 import torch
+from network_testing import TINY, tiny_network
 
 from scripts.network import M2DiffNet
-
-TINY = dict(
-    base_channels=8,
-    channel_mult=(1, 2),
-    num_res_blocks=1,
-    attention_levels=(False, True),
-    num_heads=1,
-    norm_num_groups=4,
-    dropout=0.0,
-)
-
-
-def _randomise(network: torch.nn.Module) -> torch.nn.Module:
-    """Fill every parameter with noise: zero-initialised convs would hide wrong wiring."""
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in network.parameters():
-            p.normal_(0, 0.2)
-    return network.eval()
 
 
 def _inputs(batch=2, size=16, context=0):
@@ -53,7 +35,7 @@ def test_rejects_sizes_the_unet_cannot_halve():
 
 
 def test_mri_free_pet_output_ignores_the_mri():
-    net = _randomise(M2DiffNet(**TINY))
+    net = tiny_network(std=0.2)
     x, t = _inputs()
     other = x.clone()
     other[:, 2:] = torch.randn_like(other[:, 2:]) * 5
@@ -65,7 +47,7 @@ def test_mri_free_pet_output_ignores_the_mri():
 
 
 def test_per_sample_mri_dropout_matches_the_mri_free_path():
-    net = _randomise(M2DiffNet(**TINY))
+    net = tiny_network(std=0.2)
     x, t = _inputs()
     with torch.no_grad():
         mixed = net(x, t, mri_free=torch.tensor([True, False]))
@@ -78,7 +60,7 @@ def test_per_sample_mri_dropout_matches_the_mri_free_path():
 
 def test_mri_branch_never_sees_the_low_dose_pet():
     """The MRI encoder takes [MRI, x_t]: changing only the LD PET leaves its features unchanged."""
-    net = _randomise(M2DiffNet(**TINY))
+    net = tiny_network(std=0.2)
     x, t = _inputs()
     other = x.clone()
     other[:, 1] = torch.randn_like(other[:, 1])

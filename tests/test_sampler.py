@@ -3,19 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from network_testing import tiny_network
 
-from scripts.network import M2DiffNet
 from scripts.sampler import DDIMVolumeSampler, ddim_step, ddim_timesteps, make_noise_scheduler, pet_scale, slice_stack
-
-TINY = dict(
-    base_channels=8,
-    channel_mult=(1, 2),
-    num_res_blocks=1,
-    attention_levels=(False, True),
-    num_heads=1,
-    norm_num_groups=4,
-    dropout=0.0,
-)
 
 
 class CountingNet(torch.nn.Module):
@@ -32,12 +22,7 @@ class CountingNet(torch.nn.Module):
 
 
 def _net():
-    torch.manual_seed(0)
-    net = M2DiffNet(**TINY)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.normal_(0, 0.1)
-    return net
+    return tiny_network(std=0.1)
 
 
 def _volume(shape=(1, 1, 15, 13, 5), seed=0):

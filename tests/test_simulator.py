@@ -105,3 +105,19 @@ def test_ad_severity_lowers_suvr(template):
     assert values[0] > values[1] > values[2]
     drop = 1 - values[2] / values[0]
     assert 0.12 < drop < 0.25, f"severity-1 meta-ROI/pons SUVR drop {drop:.3f}"
+
+
+def test_one_mm_to_two_mm_resampling_conserves_mean():
+    from scripts.simulator.acquisition import axial_downsample, downsample_2x
+
+    gen = np.random.default_rng(2)
+    fine = gen.random((9, 11, 7)).astype(np.float32)
+    coarse = downsample_2x(fine, (5, 6, 4))
+    assert coarse.shape == (5, 6, 4)
+    assert float(downsample_2x(np.ones((9, 11, 7), np.float32), (5, 6, 4)).min()) == pytest.approx(1.0)
+    sino = torch.from_numpy(gen.random((3, 4, 7)).astype(np.float32))
+    planes = axial_downsample(sino, 4)
+    assert tuple(planes.shape) == (3, 4, 4)
+    np.testing.assert_allclose(
+        planes[..., 1].numpy(), (0.25 * sino[..., 1] + 0.5 * sino[..., 2] + 0.25 * sino[..., 3]).numpy(), rtol=1e-6
+    )

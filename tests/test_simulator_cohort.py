@@ -115,3 +115,15 @@ def _meta(vol, affine):
     from monai.data import MetaTensor
 
     return MetaTensor(vol, affine=affine)
+
+
+def test_simulate_config_knobs(bundle_root):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(os.path.join(bundle_root, "configs", "simulate.json"))
+    assert parser["num_subjects"] == 60 and parser["dose_reduction_factors"] == [4, 20, 50, 100]
+    assert parser["split_fractions"] == [0.7, 0.1, 0.2] and parser["ad_fraction"] == 0.4
+    assert parser["generate"]["_target_"] == "scripts.simulator.cohort.generate_cohort"
+    cfg = parser.get_parsed_content("scanner_config")
+    assert (cfg.n_angles, cfg.n_subsets, cfg.n_iterations) == (168, 21, 4)

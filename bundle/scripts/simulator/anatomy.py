@@ -260,7 +260,7 @@ def mri_appearance(
 
     Args:
         t1: (X, Y, Z) T1 normalised to WM ~ 1.
-        brain_mask: (X, Y, Z) mask (only used for the intensity scale).
+        brain_mask: (X, Y, Z) brain mask (not used by the current model; accepted for callers that pass it).
         rng: numpy generator.
         bias_strength: maximum amplitude of the multiplicative bias field.
         gamma_range: range of the intensity gamma.
