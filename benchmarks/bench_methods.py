@@ -58,6 +58,25 @@ def _cell(entry: dict | None, key: str, fmt: str) -> str:
     return fmt.format(value["mean"]) if value else "-"
 
 
+def print_markdown(summaries: dict[str, dict], reference: str, groups: tuple[str, ...] = ("CN", "AD")) -> None:
+    """The same numbers as :func:`print_table` as Markdown tables (one per dose level), for the README."""
+    doses = sorted({d for s in summaries.values() for d in s["metrics"].get(reference, {})}, key=lambda d: int(d[3:]))
+    titles = [title for _, title, _ in COLUMNS]
+    for dose in doses:
+        print(f"\n**Dose 1/{dose[3:]}** (reference: {reference})\n")
+        print("| method | group | " + " | ".join(titles) + " | s/volume | calls/volume |")
+        print("|---" * (len(titles) + 4) + "|")
+        for method, summary in summaries.items():
+            by_group = summary["metrics"].get(reference, {}).get(dose, {})
+            for group in groups:
+                entry = by_group.get(group)
+                if entry is None:
+                    continue
+                cells = [_cell(entry, k, f) for k, _, f in COLUMNS]
+                cells += [_cell(entry, "seconds", "{:.1f}"), _cell(entry, "network_calls_per_volume", "{:.0f}")]
+                print(f"| {method} | {group} (n={entry.get('n', '?')}) | " + " | ".join(cells) + " |")
+
+
 def print_table(summaries: dict[str, dict], reference: str) -> None:
     """One block per dose level; rows = method x group; columns = metrics, seconds and calls per volume."""
     doses = sorted({d for s in summaries.values() for d in s["metrics"].get(reference, {})}, key=lambda d: int(d[3:]))
@@ -88,7 +107,8 @@ def main() -> None:
     parser.add_argument("--reference", default="sd", choices=["sd", "sd_noisefree"])
     parser.add_argument("--run_missing", action="store_true", help="evaluate methods that have no summary yet")
     parser.add_argument("--dataset_dir", default=os.path.join(REPO, "data", "sim"))
-    parser.add_argument("--num_inference_steps", type=int, default=8)
+    parser.add_argument("--num_inference_steps", type=int, default=1)
+    parser.add_argument("--markdown", action="store_true", help="print Markdown tables (CN and AD rows)")
     parser.add_argument("--gaussian_fwhm_mm", type=float, default=None, help="default: evaluate.json's")
     args = parser.parse_args()
     runs_dir = os.path.abspath(args.runs_dir)
@@ -108,7 +128,7 @@ def main() -> None:
             summaries[method] = json.load(f)
     if not summaries:
         raise SystemExit(f"no evaluation summaries under {os.path.join(runs_dir, 'eval', args.split)}")
-    print_table(summaries, args.reference)
+    (print_markdown if args.markdown else print_table)(summaries, args.reference)
 
 
 if __name__ == "__main__":
