@@ -112,6 +112,16 @@ def _base_dataset(
     return ds
 
 
+def _series_uids(uid_entropy, study_uid, frame_of_reference_uid, series_uid, kind: str, description: str):
+    """Study, frame-of-reference and series UIDs: the given ones, else new (deterministic with ``uid_entropy``)."""
+    ent = list(uid_entropy) if uid_entropy is not None else None
+
+    def make(*tag: object) -> str:
+        return new_uid(*ent, *tag) if ent else new_uid()
+
+    return study_uid or make("study"), frame_of_reference_uid or make("for"), series_uid or make(kind, description)
+
+
 def _write_slices(
     template,
     volume: np.ndarray,
@@ -218,10 +228,9 @@ def write_pet_series(
     """
     from pydicom.dataset import Dataset
 
-    ent = list(uid_entropy) if uid_entropy is not None else None
-    study_uid = study_uid or (new_uid(*ent, "study") if ent else new_uid())
-    frame_of_reference_uid = frame_of_reference_uid or (new_uid(*ent, "for") if ent else new_uid())
-    series_uid = series_uid or (new_uid(*ent, "pet-series", series_description) if ent else new_uid())
+    study_uid, frame_of_reference_uid, series_uid = _series_uids(
+        uid_entropy, study_uid, frame_of_reference_uid, series_uid, "pet-series", series_description
+    )
     start = scan_start or _dt.datetime(2024, 1, 1, 10, 0, 0)
     injection = start - _dt.timedelta(seconds=float(uptake_time_s))
     ds = _base_dataset(
@@ -272,7 +281,9 @@ def write_pet_series(
     def _extra(d, k):
         d.ImageIndex = k + 1
 
-    sops = _write_slices(ds, volume_bq_ml, affine, Path(out_dir), "PT", ent and [*ent, series_uid], _extra)
+    sops = _write_slices(
+        ds, volume_bq_ml, affine, Path(out_dir), "PT", uid_entropy and [*uid_entropy, series_uid], _extra
+    )
     return {
         "study_uid": study_uid,
         "series_uid": series_uid,
@@ -318,10 +329,9 @@ def write_mr_series(
     Returns:
         dict with ``study_uid``, ``series_uid``, ``frame_of_reference_uid``, ``sop_instance_uids``, ``out_dir``.
     """
-    ent = list(uid_entropy) if uid_entropy is not None else None
-    study_uid = study_uid or (new_uid(*ent, "study") if ent else new_uid())
-    frame_of_reference_uid = frame_of_reference_uid or (new_uid(*ent, "for") if ent else new_uid())
-    series_uid = series_uid or (new_uid(*ent, "mr-series", series_description) if ent else new_uid())
+    study_uid, frame_of_reference_uid, series_uid = _series_uids(
+        uid_entropy, study_uid, frame_of_reference_uid, series_uid, "mr-series", series_description
+    )
     start = scan_start or _dt.datetime(2024, 1, 1, 10, 0, 0)
     ds = _base_dataset(
         MR_SOP_CLASS,
@@ -348,7 +358,7 @@ def write_mr_series(
     ds.MagneticFieldStrength = "3"
     ds.AcquisitionDate = start.strftime("%Y%m%d")
     ds.AcquisitionTime = start.strftime("%H%M%S")
-    sops = _write_slices(ds, volume, affine, Path(out_dir), "MR", ent and [*ent, series_uid])
+    sops = _write_slices(ds, volume, affine, Path(out_dir), "MR", uid_entropy and [*uid_entropy, series_uid])
     return {
         "study_uid": study_uid,
         "series_uid": series_uid,
