@@ -1,4 +1,4 @@
-"""A tiny synthetic cohort in the simulator's data format (CONTRACT.md), for quick workflow tests."""
+"""A tiny synthetic cohort in the simulator's data format (bundle/docs/simulator.md), for quick workflow tests."""
 
 from __future__ import annotations
 

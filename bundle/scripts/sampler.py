@@ -103,7 +103,7 @@ class DDIMVolumeSampler:
 
     def __init__(
         self,
-        num_inference_steps: int = 8,
+        num_inference_steps: int = 1,
         warm_start_timestep: int | None = None,
         num_samples: int = 1,
         slice_batch_size: int = 16,
