@@ -25,11 +25,12 @@ from scipy import ndimage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bundle"))
+sys.path.insert(0, ROOT)
 
+from pet_simulator.acquisition import Scanner  # noqa: E402
+from pet_simulator.anatomy import load_template_anatomy  # noqa: E402
+from pet_simulator.cohort import simulate_subject  # noqa: E402
 from scripts.regions import suvr  # noqa: E402
-from scripts.simulator.acquisition import Scanner  # noqa: E402
-from scripts.simulator.anatomy import load_template_anatomy  # noqa: E402
-from scripts.simulator.cohort import simulate_subject  # noqa: E402
 
 DRFS = (4, 20, 50, 100)
 SEED = [424242, 1]

@@ -165,7 +165,7 @@ def test_series_from_the_simulator_export(tmp_path):
     from monai.data import MetaTensor
     from monai.transforms import Orientation
 
-    from scripts.simulator.dicom_export import write_pet_series
+    from pet_simulator.dicom_export import write_pet_series
 
     volume = blob_volume((12, 14, 6))
     affine = np.diag([2.0, 2.0, 2.5, 1.0])

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from pet_simulator.activity import relative_uptake
+from pet_simulator.anatomy import load_template_anatomy
+from pet_simulator.projector import GaussianPSF, ParallelBeamProjector
+from pet_simulator.reconstruction import osem
 from scripts.regions import meta_roi_mask, pons_mask, suvr
-from scripts.simulator.activity import relative_uptake
-from scripts.simulator.anatomy import load_template_anatomy
-from scripts.simulator.projector import GaussianPSF, ParallelBeamProjector
-from scripts.simulator.reconstruction import osem
 
 torch.set_num_threads(1)
 
@@ -108,7 +108,7 @@ def test_ad_severity_lowers_suvr(template):
 
 
 def test_one_mm_to_two_mm_resampling_conserves_mean():
-    from scripts.simulator.acquisition import axial_downsample, downsample_2x
+    from pet_simulator.acquisition import axial_downsample, downsample_2x
 
     gen = np.random.default_rng(2)
     fine = gen.random((9, 11, 7)).astype(np.float32)

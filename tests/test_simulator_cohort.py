@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from scripts.simulator.acquisition import ScannerConfig
-from scripts.simulator.cohort import assign_groups_and_splits, generate_cohort
-from scripts.simulator.dicom_export import write_mr_series, write_pet_series
+from pet_simulator.acquisition import ScannerConfig
+from pet_simulator.cohort import assign_groups_and_splits, generate_cohort
+from pet_simulator.dicom_export import write_mr_series, write_pet_series
 
 TINY = ScannerConfig(n_angles=12, n_subsets=3, n_iterations=1)
 
@@ -124,6 +124,6 @@ def test_simulate_config_knobs(bundle_root):
     parser.read_config(os.path.join(bundle_root, "configs", "simulate.json"))
     assert parser["num_subjects"] == 60 and parser["dose_reduction_factors"] == [4, 20, 50, 100]
     assert parser["split_fractions"] == [0.7, 0.1, 0.2] and parser["ad_fraction"] == 0.4
-    assert parser["generate"]["_target_"] == "scripts.simulator.cohort.generate_cohort"
+    assert parser["generate"]["_target_"] == "pet_simulator.cohort.generate_cohort"
     cfg = parser.get_parsed_content("scanner_config")
     assert (cfg.n_angles, cfg.n_subsets, cfg.n_iterations) == (168, 21, 4)
