@@ -4,7 +4,7 @@ The engines are MONAI's own (``SupervisedTrainer``): this file only says what on
 
 - :func:`load_cohort` reads a split of the cohort's ``datalist.json`` (paths made absolute, one record per study).
 - :class:`PETSliceDataset` caches the training volumes once and serves random axial slices (2D or 2.5D), each with a
-  dose level drawn from the record's ``drfs``, normalised by the low-dose PET's own scale (as at inference).
+  dose level drawn from the record's ``drfs``, normalised by ``scripts.normalise.NormaliseStudyd`` (as at inference).
 - :class:`DiffusionPrepareBatch` noises the standard-dose slice and returns ``([x_t, LD, MRI], SD, (t,), kwargs)``
   with per-sample MRI dropout; :class:`RegressionPrepareBatch` returns ``([LD, MRI], SD)``.
 - :class:`MultiTaskDiffusionLoss` is the paper's ``w_pet MSE(pet, SD) + w_mri MSE(mri, SD) + w_cons MSE(pet, mri)``.
@@ -21,10 +21,10 @@ import torch
 from monai.data import MetaTensor
 from monai.engines import PrepareBatch
 from monai.networks.schedulers import Scheduler
-from monai.transforms import LoadImage, MapTransform, Randomizable
+from monai.transforms import LoadImage, Randomizable
 from torch import nn
 
-from scripts.sampler import mri_scale, pet_scale
+from scripts.normalise import PET_SCALE_KEY, NormaliseStudyd
 
 DOSE_KEY = "pet_drf{}"
 PATH_SUFFIXES = (".nii", ".nii.gz", ".json", ".npy", ".npz")
@@ -72,34 +72,6 @@ def _is_relative_path(key: str, value) -> bool:
     return isinstance(value, str) and value.endswith(PATH_SUFFIXES) and not os.path.isabs(value)
 
 
-class NormaliseStudyd(MapTransform):
-    """Divide the PET images of a study by the low-dose PET's scale and the MRI by its own (``scripts.sampler``).
-
-    The scale is stored under ``"pet_scale"`` so outputs can be put back into activity units exactly.
-
-    Args:
-        pet_keys: PET images to divide by the scale of ``pet_low_dose_key`` (the low-dose image included).
-        pet_low_dose_key: key of the low-dose PET.
-        mri_key: key of the T1 MRI (``None``: no MRI).
-    """
-
-    def __init__(self, pet_keys: Sequence[str], pet_low_dose_key: str = "pet_low_dose", mri_key: str | None = "mri_t1"):
-        super().__init__(list(pet_keys) + ([mri_key] if mri_key else []))
-        self.pet_keys = list(pet_keys)
-        self.pet_low_dose_key = pet_low_dose_key
-        self.mri_key = mri_key
-
-    def __call__(self, data: dict) -> dict:
-        d = dict(data)
-        scale = pet_scale(d[self.pet_low_dose_key])
-        for key in self.pet_keys:
-            d[key] = d[key] / scale
-        if self.mri_key:
-            d[self.mri_key] = d[self.mri_key] / mri_scale(d[self.mri_key])
-        d["pet_scale"] = scale
-        return d
-
-
 class PETSliceDataset(Randomizable, torch.utils.data.Dataset):
     """Random axial training slices of cached volumes, normalised per study as at inference.
 
@@ -132,20 +104,21 @@ class PETSliceDataset(Randomizable, torch.utils.data.Dataset):
         self.patch_size = None if patch_size is None else tuple(int(p) for p in patch_size)
         self.set_random_state(seed=seed)
         loader = LoadImage(image_only=True, dtype=np.float32)
+        normalise = NormaliseStudyd(["pet_low_dose"], "pet_low_dose", "mri_t1")  # as at inference
         self.studies = []
         self.items: list[tuple[int, int]] = []
         for record in data:
             mask = np.asarray(loader(record["brain_mask"])) > 0
-            mri = np.asarray(loader(record["t1"]))
+            mri = torch.from_numpy(np.asarray(loader(record["t1"])))
             standard_dose = np.asarray(loader(record["pet_sd"]))
             low_doses, scales = {}, {}
             for drf in record["drfs"]:
-                low_dose = np.asarray(loader(record[DOSE_KEY.format(drf)]))
-                scales[drf] = pet_scale(low_dose)
-                low_doses[drf] = torch.from_numpy(low_dose / scales[drf])
+                low_dose = torch.from_numpy(np.asarray(loader(record[DOSE_KEY.format(drf)])))
+                study = normalise({"pet_low_dose": low_dose, "mri_t1": mri})
+                low_doses[drf], scales[drf] = study["pet_low_dose"], study[PET_SCALE_KEY]
             study = {
                 "id": record.get("id", ""),
-                "mri_t1": torch.from_numpy(mri / mri_scale(mri)),
+                "mri_t1": study["mri_t1"],
                 "pet_standard_dose": torch.from_numpy(standard_dose),
                 "pet_low_dose": low_doses,
                 "pet_scale": scales,
