@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 
-import pytest
 import torch
 from tiny_cohort import make_tiny_cohort
 from workflow_testing import BUNDLE_ROOT, TINY_TRAINING
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 def test_ddp_two_cpu_processes(tmp_path):
     cohort = str(tmp_path / "cohort")
     make_tiny_cohort(cohort)  # two validation subjects: one per rank

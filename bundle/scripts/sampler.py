@@ -131,7 +131,9 @@ class DDIMVolumeSampler(Inferer):
             raise ValueError(f"expected inputs (B, 1 or 2, H, W, D) = [low-dose PET, MRI], got {tuple(inputs.shape)}")
         self.network_calls = 0
         with_mri = self.use_mri and inputs.shape[1] == 2
-        studies = [self.sample_study(network, study[None, :1], study[None, 1:2] if with_mri else None) for study in inputs]
+        studies = [
+            self.sample_study(network, study[None, :1], study[None, 1:2] if with_mri else None) for study in inputs
+        ]
         return torch.cat(studies).to(inputs.device)
 
     def sample_study(
