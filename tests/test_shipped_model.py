@@ -65,7 +65,10 @@ def shipped_slab() -> dict:
     slab = slice(first, first + SLAB_SLICES)
     with torch.no_grad():
         pred = parser.get_parsed_content("inferer")(inputs[..., slab], network.eval(), *args, **kwargs)
-    load = lambda name: np.asarray(nib.load(str(BUNDLE / "sample" / name)).dataobj, dtype=np.float32)[..., slab]
+
+    def load(name: str) -> np.ndarray:
+        return np.asarray(nib.load(str(BUNDLE / "sample" / name)).dataobj, dtype=np.float32)[..., slab]
+
     return {
         "enhanced": pred[0, 0].numpy() * study[PET_SCALE_KEY],
         "low_dose": load("sample_pet_drf20.nii.gz"),
