@@ -213,3 +213,24 @@ def test_study_without_mri_goes_to_the_sampler_without_an_mri_channel():
     assert inputs.shape == (1, 1, 4, 5, 3) and kwargs == {"dose_reduction_factor": 20} and args == ()
     inputs, _, _, _ = StudyPrepareBatch()({"pet": pet, "mri": 2 * pet})
     torch.testing.assert_close(inputs, torch.stack([pet.as_tensor()[0], 2 * pet.as_tensor()[0]])[None])
+
+
+def test_engine_fires_monais_events_after_the_forward_pass(tmp_path, weights):
+    """FORWARD_COMPLETED sees the sampler's prediction; MODEL_COMPLETED (the postprocessing) comes after it."""
+    from monai.engines.utils import IterationEvents
+
+    datalist = write_datalist([nifti_study(tmp_path, "e1")], tmp_path / "studies.json")
+    workflow = make_workflow(datalist, tmp_path / "out", weights)
+    workflow.initialize()
+    evaluator = workflow.parser.get_parsed_content("evaluator")
+    seen = []
+
+    def record(engine):
+        seen.append((engine.last_event_name.name, tuple(engine.state.output["pred"].shape)))
+
+    evaluator.add_event_handler(IterationEvents.FORWARD_COMPLETED, record)
+    evaluator.add_event_handler(IterationEvents.MODEL_COMPLETED, record)  # after the postprocessing's own handler
+    workflow.run()
+    workflow.finalize()
+    assert seen == [("FORWARD_COMPLETED", (1, 2, 20, 24, 10)), ("MODEL_COMPLETED", (1, 20, 24, 10))]
+    assert study_status(tmp_path / "out")["e1"]["status"] == "ok"

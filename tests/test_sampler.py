@@ -175,6 +175,7 @@ def test_slice_stack_replicates_edges():
     stack = slice_stack(volume, 1)
     assert stack.shape == (3, 3, 2, 2)
     assert stack[0, :, 0, 0].tolist() == [0, 0, 1] and stack[2, :, 0, 0].tolist() == [1, 2, 2]
+    torch.testing.assert_close(slice_stack(volume, 1, [2, 0]), stack[[2, 0]])  # training stacks single slices
 
 
 def test_pet_scale_is_linear_and_rejects_empty_images():

@@ -10,7 +10,6 @@ images (``scripts.metrics``), times it, and draws a panel; at the end it writes 
 from __future__ import annotations
 
 import csv
-import json
 import os
 import time
 from collections import defaultdict
@@ -20,6 +19,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from scripts import metrics
+from scripts.io.writers import atomic_path, write_json
 
 REFERENCES = {"sd": "pet_sd", "sd_noisefree": "pet_sd_noisefree"}
 METRIC_NAMES = ("psnr", "ssim", "nmse", "mean_bias_pct", "suvr_bias_pct", "slice_psnr", "slice_ssim")
@@ -199,7 +199,7 @@ class StudyEvaluationHandler:
     def _write(self, engine: Engine) -> None:
         if not self.rows:
             return
-        with open(os.path.join(self.output_dir, "metrics.csv"), "w", newline="") as f:
+        with atomic_path(os.path.join(self.output_dir, "metrics.csv")) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(self.rows[0]))
             writer.writeheader()
             writer.writerows(self.rows)
@@ -212,5 +212,4 @@ class StudyEvaluationHandler:
             "network_calls_per_volume": float(np.mean([r["network_calls_per_volume"] for r in self.rows])),
             "metrics": summarise(self.rows),
         }
-        with open(os.path.join(self.output_dir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        write_json(summary, os.path.join(self.output_dir, "summary.json"))

@@ -6,10 +6,11 @@ and the benchmarks all call it the same way, ``sampler(inputs, network)``, on st
 ``scripts.normalise.NormaliseStudyd``.
 
 Why the DDIM update is ours and not ``monai.networks.schedulers.DDIMScheduler``: MONAI's scheduler fixes its
-timesteps to ``k * (1000 // steps)`` ascending from 0 (no warm start from an arbitrary timestep, and not the trailing
-spacing from 999 the shipped model was tuned with) and keeps per-call state; the update itself is the same equation
-(tests/test_sampler.py checks ours against MONAI's ``DDIMScheduler.step``). Why the slicing is ours and not
-``SliceInferer``: a chain of several network calls runs on each batch of slices, with noise drawn per volume.
+timesteps to the multiples of ``1000 // steps`` ending at 0 (plus a constant offset): no warm start from an arbitrary
+timestep, and not the trailing spacing from 999 that the shipped model's step settings were chosen with. The update
+itself is the same equation (tests/test_sampler.py checks our chain against MONAI's ``DDIMScheduler.step``). Why
+the slicing is ours and not ``SliceInferer``: a chain of several network calls runs on each batch of slices, with
+noise drawn per volume.
 """
 
 from __future__ import annotations
@@ -54,13 +55,16 @@ def ddim_step(x0: torch.Tensor, x_t: torch.Tensor, alpha_t: float, alpha_prev: f
     return alpha_prev**0.5 * x0 + (1 - alpha_prev) ** 0.5 * eps
 
 
-def slice_stack(volume: torch.Tensor, context_slices: int) -> torch.Tensor:
-    """(1, 1, H, W, D) volume -> (D, 1 + 2c, H, W) axial slices with ``c`` neighbours each side (edges replicated)."""
-    slices = volume[0, 0].permute(2, 0, 1)  # (D, H, W)
-    depth = slices.shape[0]
-    offsets = range(-context_slices, context_slices + 1)
-    index = torch.stack([torch.arange(depth).add(o).clamp(0, depth - 1) for o in offsets], dim=1)
-    return slices[index]
+def slice_stack(volume: torch.Tensor, context_slices: int, slices: list[int] | None = None) -> torch.Tensor:
+    """(1, 1, H, W, D) volume -> (N, 1 + 2c, H, W) axial slices with ``c`` neighbours each side (edges replicated).
+
+    ``slices``: the axial indices to stack (``None``: all ``D``). Training and sampling stack slices with it.
+    """
+    planes = volume[0, 0].permute(2, 0, 1)  # (D, H, W)
+    depth = planes.shape[0]
+    centres = torch.arange(depth) if slices is None else torch.as_tensor(slices)
+    index = torch.stack([(centres + o).clamp(0, depth - 1) for o in range(-context_slices, context_slices + 1)], 1)
+    return planes[index]
 
 
 class DDIMVolumeSampler(Inferer):
@@ -132,16 +136,18 @@ class DDIMVolumeSampler(Inferer):
         self.network_calls = 0
         with_mri = self.use_mri and inputs.shape[1] == 2
         studies = [
-            self.sample_study(network, study[None, :1], study[None, 1:2] if with_mri else None) for study in inputs
+            self.sample_study(network, study[None, :1], study[None, 1:2] if with_mri else None, **kwargs)
+            for study in inputs
         ]
         return torch.cat(studies).to(inputs.device)
 
     def sample_study(
-        self, network: nn.Module, pet_low_dose: torch.Tensor, mri_t1: torch.Tensor | None = None
+        self, network: nn.Module, pet_low_dose: torch.Tensor, mri_t1: torch.Tensor | None = None, **kwargs: Any
     ) -> torch.Tensor:
         """One study: ``(1, 1, H, W, D)`` normalised PET (and MRI, or ``None``) -> ``(1, 2, H, W, D)`` [mean, SD].
 
-        Per-study steps after sampling (e.g. clamping activity at 0 or a data-consistency step) belong here.
+        Per-study steps around sampling belong here (e.g. clamping activity at 0, a data-consistency step against
+        ``pet_low_dose``, masking the SD outside the head, or a dose input from ``kwargs["dose_reduction_factor"]``).
         """
         mean, std = self._sample(network, pet_low_dose, mri_t1)
         return torch.cat([mean, std], dim=1)

@@ -21,10 +21,11 @@ import torch
 from monai.data import MetaTensor
 from monai.engines import PrepareBatch
 from monai.networks.schedulers import Scheduler
-from monai.transforms import LoadImage, Randomizable
+from monai.transforms import LoadImage, RandCropByPosNegLabeld, Randomizable, SpatialPadd
 from torch import nn
 
 from scripts.normalise import PET_SCALE_KEY, NormaliseStudyd
+from scripts.sampler import slice_stack
 
 DOSE_KEY = "pet_drf{}"
 PATH_SUFFIXES = (".nii", ".nii.gz", ".json", ".npy", ".npz")
@@ -77,7 +78,9 @@ class PETSliceDataset(Randomizable, torch.utils.data.Dataset):
 
     Every volume is loaded once. An item is one axial slice of one subject that holds enough brain; each time it is
     drawn it gets a dose level chosen at random among the subject's ``drfs`` and a random crop (centred on a random
-    brain voxel of the slice, kept inside the image; zero-padded when the image is smaller than the crop).
+    brain voxel of the slice, kept inside the image; zero-padded when the image is smaller than the crop: MONAI's
+    ``SpatialPadd`` and ``RandCropByPosNegLabeld``). Slices are stacked with ``scripts.sampler.slice_stack``, as at
+    inference.
 
     Args:
         data: records from :func:`load_cohort` (keys ``t1``, ``pet_sd``, ``pet_drf{K}``, ``brain_mask``, ``drfs``).
@@ -103,6 +106,11 @@ class PETSliceDataset(Randomizable, torch.utils.data.Dataset):
         self.context_slices = int(context_slices)
         self.patch_size = None if patch_size is None else tuple(int(p) for p in patch_size)
         self.set_random_state(seed=seed)
+        if self.patch_size is not None:  # a random window centred on a brain voxel, inside the (zero-padded) slice
+            keys = ["pet_low_dose", "mri_t1", "pet_standard_dose", "brain_mask"]
+            self.pad = SpatialPadd(keys, self.patch_size)
+            self.crop = RandCropByPosNegLabeld(keys, "brain_mask", self.patch_size, pos=1.0, neg=0.0)
+            self.crop.set_random_state(state=self.R)
         loader = LoadImage(image_only=True, dtype=np.float32)
         normalise = NormaliseStudyd(["pet_low_dose"], "pet_low_dose", "mri_t1")  # as at inference
         self.studies = []
@@ -137,39 +145,21 @@ class PETSliceDataset(Randomizable, torch.utils.data.Dataset):
     def randomize(self, data=None) -> None:
         pass
 
-    def _slices(self, volume: torch.Tensor, k: int) -> torch.Tensor:
-        depth = volume.shape[-1]
-        index = [min(max(k + o, 0), depth - 1) for o in range(-self.context_slices, self.context_slices + 1)]
-        return volume[..., index].permute(2, 0, 1)  # (C, H, W)
-
-    def _crop_box(self, mask_slice: np.ndarray) -> tuple[slice, slice, tuple[int, int, int, int]]:
-        """Random crop window (and the zero padding needed when the image is smaller than the crop)."""
-        height, width = mask_slice.shape
-        crop_h, crop_w = self.patch_size
-        rows, cols = np.nonzero(mask_slice)
-        pick = self.R.randint(len(rows)) if len(rows) else None
-        centre = (rows[pick], cols[pick]) if pick is not None else (height // 2, width // 2)
-        bounds = []
-        for c, size, crop in zip(centre, (height, width), (crop_h, crop_w)):
-            start = int(np.clip(c - crop // 2, 0, max(size - crop, 0)))
-            bounds.append(slice(start, start + crop))
-        pad_h, pad_w = max(crop_h - height, 0), max(crop_w - width, 0)
-        return bounds[0], bounds[1], (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
-
     def __getitem__(self, index: int) -> dict:
         study_index, k = self.items[index]
         study = self.studies[study_index]
         drf = int(self.R.choice(list(study["pet_low_dose"])))
         scale = study["pet_scale"][drf]
         item = {
-            "pet_low_dose": self._slices(study["pet_low_dose"][drf], k),
-            "mri_t1": self._slices(study["mri_t1"], k),
+            "pet_low_dose": slice_stack(study["pet_low_dose"][drf][None, None], self.context_slices, [k])[0],
+            "mri_t1": slice_stack(study["mri_t1"][None, None], self.context_slices, [k])[0],
             "pet_standard_dose": study["pet_standard_dose"][..., k][None] / scale,
         }
         if self.patch_size is not None:
-            rows, cols, pad = self._crop_box(study["brain_mask"][..., k])
-            item = {key: nn.functional.pad(v[:, rows, cols], pad) for key, v in item.items()}
-        item = {key: v.float().contiguous() for key, v in item.items()}
+            item["brain_mask"] = torch.from_numpy(study["brain_mask"][..., k][None])
+            item = self.crop(self.pad(item))[0]
+            item.pop("brain_mask")
+        item = {key: _as_tensor(v, None, False).float().contiguous() for key, v in item.items()}
         item.update(dose_reduction_factor=drf, id=study["id"])
         return item
 
