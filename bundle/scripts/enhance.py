@@ -20,11 +20,9 @@ from typing import Any
 import torch
 from monai.data import MetaTensor
 from monai.engines import PrepareBatch, SupervisedEvaluator
-from monai.transforms import Transform
 from torch import nn
 
 from scripts.io.errors import StudyError, find_study_error, root_cause
-from scripts.io.options import flag
 from scripts.io.studies import ERROR_KEY
 from scripts.io.writers import write_json
 
@@ -66,11 +64,8 @@ def require_weights(path: str | os.PathLike) -> str:
 
 def file_sha256(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file (the shipped weights' is recorded in ``models/model.pt.sha256``)."""
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def bundle_version(bundle_root: str | os.PathLike) -> str:
@@ -115,30 +110,6 @@ class StudyPrepareBatch(PrepareBatch):
         drf = int(drf[0]) if isinstance(drf, (list, tuple, torch.Tensor)) else drf
         inputs = inputs.to(device=device, non_blocking=non_blocking, **kwargs)
         return inputs, None, (), {"dose_reduction_factor": drf}
-
-
-class StudyPredictiond(Transform):
-    """The inferer's ``pred`` ``(1, 2, H, W, D)`` -> ``pred`` (and ``uncertainty``) ``(1, H, W, D)`` on the PET's grid.
-
-    First step of the postprocessing; ``Invertd`` with ``orig_keys="pet"`` then restores orientation and units.
-
-    Args:
-        save_uncertainty: keep channel 1 (the per-voxel SD of the samples) as ``uncertainty``.
-        pet_key: the preprocessed PET whose grid the outputs share.
-    """
-
-    def __init__(self, save_uncertainty: bool = False, pet_key: str = "pet") -> None:
-        self.save_uncertainty = flag(save_uncertainty, "save_uncertainty")
-        self.pet_key = pet_key
-
-    def __call__(self, data: dict) -> dict:
-        d = dict(data)
-        pet, pred = d[self.pet_key], d["pred"].detach().cpu()
-        meta = {key: value for key, value in pet.meta.items() if key != "affine"}
-        d["pred"] = MetaTensor(pred[0, :1], affine=pet.affine, meta=dict(meta))
-        if self.save_uncertainty:
-            d["uncertainty"] = MetaTensor(pred[0, 1:2], affine=pet.affine, meta=dict(meta))
-        return d
 
 
 class StudyEnhancer(SupervisedEvaluator):
