@@ -1,10 +1,9 @@
 """The inference engine: enhance one study per iteration, record its status, write ``summary.json`` at the end.
 
-The study is normalised by the preprocessing (``scripts.normalise.NormaliseStudyd``), sampled by the config's
-``inferer`` (``scripts.sampler.DDIMVolumeSampler``, called as ``inferer(inputs, network)``) and restored by the
-postprocessing (``Invertd``: units and orientation, then unit conversion and saving). :class:`StudyEnhancer` is
-MONAI's ``SupervisedEvaluator`` plus per-study failure capture: any error in a study is recorded and the run goes on.
-:class:`StudySummaryHandler` writes the summary and makes the run fail when a study failed.
+Normalise (preprocessing: ``scripts.normalise.NormaliseStudyd``), sample (``inferer(inputs, network)``: the config's
+``scripts.sampler.DDIMVolumeSampler``), restore (postprocessing: ``Invertd``, units, save). :class:`StudyEnhancer` is
+MONAI's ``SupervisedEvaluator`` plus per-study failure capture; :class:`StudySummaryHandler` writes the summary and
+makes the run fail when a study failed.
 """
 
 from __future__ import annotations
@@ -18,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.data import MetaTensor
 from monai.engines import PrepareBatch, SupervisedEvaluator
+from monai.utils import convert_to_tensor
 from torch import nn
 
 from scripts.io.errors import StudyError, find_study_error, root_cause
@@ -87,9 +86,8 @@ def _error_message(exc: BaseException, study_id: str, file: str | None) -> str:
 
 
 class StudyPrepareBatch(PrepareBatch):
-    """``(inputs, None, (), {"dose_reduction_factor": K})`` for an inferer, ``inputs`` = ``[PET, MRI]`` channels.
-
-    ``inputs`` is ``(B, 2, H, W, D)``, or ``(B, 1, H, W, D)`` when the study has no MRI (the MRI-free path).
+    """``(inputs, None, (), {"dose_reduction_factor": K})`` for an inferer: ``inputs`` = ``[PET, MRI]`` channels,
+    ``(B, 2, H, W, D)``, or ``(B, 1, H, W, D)`` when the study has no MRI (the MRI-free path).
 
     Args:
         pet_key: the normalised low-dose PET, ``(C=1, H, W, D)`` per study.
@@ -103,23 +101,19 @@ class StudyPrepareBatch(PrepareBatch):
 
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
         images = [batchdata[k] for k in (self.pet_key, self.mri_key) if batchdata.get(k) is not None]
-        images = [image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image) for image in images]
-        inputs = torch.cat(images, dim=1 if self.batched else 0)
-        inputs = (inputs if self.batched else inputs[None]).float()
+        inputs = convert_to_tensor(torch.cat(images, dim=1 if self.batched else 0), track_meta=False).float()
+        inputs = (inputs if self.batched else inputs[None]).to(device=device, non_blocking=non_blocking, **kwargs)
         drf = batchdata.get(self.drf_key)
-        drf = int(drf[0]) if isinstance(drf, (list, tuple, torch.Tensor)) else drf
-        inputs = inputs.to(device=device, non_blocking=non_blocking, **kwargs)
+        drf = int(drf[0]) if isinstance(drf, (list, torch.Tensor)) else drf  # collated: one value per batch
         return inputs, None, (), {"dose_reduction_factor": drf}
 
 
 class StudyEnhancer(SupervisedEvaluator):
     """MONAI's ``SupervisedEvaluator`` over single studies that records a failed study and goes on with the next.
 
-    Each iteration is MONAI's (``prepare_batch``, the ``inferer``, ``FORWARD_COMPLETED``, ``MODEL_COMPLETED`` with the
-    postprocessing: split the prediction, invert the preprocessing, convert units, save). The override only captures
-    a study's failure. Batches are single study dicts (see :class:`scripts.io.StudyDataset`). The iteration output is
-    the study's record: ``status`` (``"ok"``/``"failed"``), ``message``, ``seconds``, ``network_calls``, ``mri_free``,
-    ``method`` and ``outputs`` (filled by the postprocessing's saver).
+    Each iteration is MONAI's (``prepare_batch``, ``inferer``, ``FORWARD_COMPLETED``, ``MODEL_COMPLETED`` with the
+    postprocessing); the override only captures a study's failure. The iteration output is the study's record
+    (``status`` "ok"/"failed", ``message``, ``seconds``, ``network_calls``, ``mri_free``, ``method``, ``outputs``).
 
     Args:
         device: device of the network.

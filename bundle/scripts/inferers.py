@@ -8,8 +8,8 @@ use them, so every method is scored by one workflow.
 - ``scripts.sampler.DDIMVolumeSampler``: the diffusion methods (M2Diff, its MRI-free mode with ``use_mri=False``,
   the single-branch conditional diffusion baseline), the same inferer inference ships.
 - :class:`SliceRegressionInferer`: a 2D regression network on ``[LD, MRI]`` slices (MONAI ``SliceInferer``).
-- :class:`GaussianFilterInferer`: a 3D Gaussian post-filter of the low-dose image (FWHM in mm).
-- :class:`LowDoseInferer`: the low-dose image itself.
+- :class:`GaussianFilterInferer`: a 3D Gaussian post-filter of the low-dose image (FWHM in mm; 0: the low-dose image
+  itself, the floor every method must beat).
 """
 
 from __future__ import annotations
@@ -91,13 +91,3 @@ class GaussianFilterInferer(Inferer):
         smooth = GaussianSmooth(sigma=[fwhm_to_sigma(fwhm) / s for s in self.voxel_size_mm])
         filtered = torch.stack([torch.as_tensor(smooth(study)) for study in low_dose])
         return _with_zero_std(filtered.to(inputs.device))
-
-
-class LowDoseInferer(Inferer):
-    """The low-dose PET as it is (the network is ignored): the floor every method must beat."""
-
-    network_calls_per_slice = 0
-
-    def __call__(self, inputs: torch.Tensor, network: nn.Module | None = None, *args, **kwargs) -> torch.Tensor:
-        _check_inputs(inputs)
-        return _with_zero_std(inputs[:, :1].float())

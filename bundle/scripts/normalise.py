@@ -1,9 +1,7 @@
-"""Per-study intensity normalisation of PET and MRI: an invertible MONAI map transform.
+"""Per-study intensity normalisation of PET and MRI, an invertible MONAI transform used by every path to the network.
 
-Every path that feeds the network (inference, training, validation, evaluation, benchmarks) normalises with
-:class:`NormaliseStudyd`: the PET images of a study are divided by one number, the low-dose image's mean bright-tissue
-activity (:func:`pet_scale`), the MRI by its own (:func:`mri_scale`). ``inverse`` (directly, or through MONAI's
-``Invertd`` on an output that carries the PET's transform trace) multiplies the activity units back exactly.
+The PET images of a study are divided by one number, the low-dose image's mean bright-tissue activity
+(:func:`pet_scale`), the MRI by its own (:func:`mri_scale`); ``inverse`` (or ``Invertd``) multiplies the units back.
 """
 
 from __future__ import annotations
@@ -31,10 +29,7 @@ def _robust_mean(volume: torch.Tensor | np.ndarray, what: str) -> float:
 
 
 def pet_scale(pet_low_dose: torch.Tensor | np.ndarray) -> float:
-    """Per-volume intensity scale of a PET study (mean bright-tissue activity of the low-dose image).
-
-    Scaling the input by ``a`` scales the result by ``a``, so enhancement is independent of the activity units.
-    """
+    """Per-volume scale of a PET study: mean bright-tissue activity of the low-dose image (linear in its units)."""
     return _robust_mean(pet_low_dose, "PET")
 
 
@@ -60,20 +55,15 @@ class NormaliseStudyd(MapTransform, InvertibleTransform):
         self.pet_low_dose_key = pet_low_dose_key
         self.mri_key = mri_key
 
-    def _divide(self, image: Any, scale: float) -> Any:
-        out = image / scale
-        if isinstance(out, MetaTensor):
-            out.applied_operations = list(out.applied_operations)  # do not share the input's trace list
-            self.push_transform(out, extra_info={"scale": scale})
-        return out
-
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
-        scales = {PET_SCALE_KEY: pet_scale(d[self.pet_low_dose_key])}
+        d[PET_SCALE_KEY] = pet_scale(d[self.pet_low_dose_key])
         for key in self.key_iterator(d):
-            scale = mri_scale(d[key]) if key == self.mri_key else scales[PET_SCALE_KEY]
-            d[key] = self._divide(d[key], scale)
-        d.update(scales)
+            scale = mri_scale(d[key]) if key == self.mri_key else d[PET_SCALE_KEY]
+            d[key] = d[key] / scale
+            if isinstance(d[key], MetaTensor):
+                d[key].applied_operations = list(d[key].applied_operations)  # not shared with the input
+                self.push_transform(d[key], extra_info={"scale": scale})
         return d
 
     def inverse(self, data: Mapping[Hashable, Any]) -> dict:

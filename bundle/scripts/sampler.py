@@ -2,8 +2,7 @@
 
 The scheduler (MONAI's DDPM noise schedule: 1000 steps, linear betas 1e-4..0.02) knows nothing of the network; the
 network knows nothing of sampling; :class:`DDIMVolumeSampler` is where they meet. Inference, validation, evaluation
-and the benchmarks all call it the same way, ``sampler(inputs, network)``, on studies normalised by
-``scripts.normalise.NormaliseStudyd``.
+and benchmarks call it alike, ``sampler(inputs, network)``, on studies normalised by ``NormaliseStudyd``.
 
 Why the DDIM update is ours and not ``monai.networks.schedulers.DDIMScheduler``: MONAI's scheduler fixes its
 timesteps to the multiples of ``1000 // steps`` ending at 0 (plus a constant offset): no warm start from an arbitrary
@@ -125,11 +124,11 @@ class DDIMVolumeSampler(Inferer):
             inputs: ``(B, C, H, W, D)`` normalised studies, axial = last dim: channel 0 the low-dose PET, channel 1
                 (when ``C == 2``) the T1 MRI on the PET grid; ``C == 1`` (or ``use_mri=False``): the MRI-free path.
             network: x0-predicting network, ``network(x, timesteps[, mri_free=True])`` -> ``(B, >=1, H, W)``.
-            kwargs: per-study information such as ``dose_reduction_factor`` (not used by the sampler yet).
+            kwargs: passed to :meth:`sample_study` (e.g. ``dose_reduction_factor``).
 
         Returns:
-            ``(B, 2, H, W, D)``: channel 0 the enhanced PET (mean of the samples), channel 1 the per-voxel standard
-            deviation of the samples (zeros for one sample), in the normalised units of the input.
+            ``(B, 2, H, W, D)``: the enhanced PET (mean of the samples) and the per-voxel SD of the samples (zeros
+            for one sample), in the normalised units of the input.
         """
         if inputs.ndim != 5 or inputs.shape[1] not in (1, 2):
             raise ValueError(f"expected inputs (B, 1 or 2, H, W, D) = [low-dose PET, MRI], got {tuple(inputs.shape)}")

@@ -119,17 +119,14 @@ class PETSliceDataset(Randomizable, torch.utils.data.Dataset):
             mask = np.asarray(loader(record["brain_mask"])) > 0
             mri = torch.from_numpy(np.asarray(loader(record["t1"])))
             standard_dose = np.asarray(loader(record["pet_sd"]))
-            low_doses, scales = {}, {}
-            for drf in record["drfs"]:
-                low_dose = torch.from_numpy(np.asarray(loader(record[DOSE_KEY.format(drf)])))
-                study = normalise({"pet_low_dose": low_dose, "mri_t1": mri})
-                low_doses[drf], scales[drf] = study["pet_low_dose"], study[PET_SCALE_KEY]
+            doses = {drf: torch.from_numpy(np.asarray(loader(record[DOSE_KEY.format(drf)]))) for drf in record["drfs"]}
+            doses = {drf: normalise({"pet_low_dose": low_dose, "mri_t1": mri}) for drf, low_dose in doses.items()}
             study = {
                 "id": record.get("id", ""),
-                "mri_t1": study["mri_t1"],
+                "mri_t1": next(iter(doses.values()))["mri_t1"],  # the MRI's own scale, the same for every dose
                 "pet_standard_dose": torch.from_numpy(standard_dose),
-                "pet_low_dose": low_doses,
-                "pet_scale": scales,
+                "pet_low_dose": {drf: dose["pet_low_dose"] for drf, dose in doses.items()},
+                "pet_scale": {drf: dose[PET_SCALE_KEY] for drf, dose in doses.items()},
                 "brain_mask": mask,
             }
             index = len(self.studies)
