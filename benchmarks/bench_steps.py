@@ -26,7 +26,8 @@ sys.path.insert(0, os.path.join(REPO, "bundle"))
 
 from scripts.metrics import masked_psnr, masked_ssim  # noqa: E402
 from scripts.network import M2DiffNet  # noqa: E402
-from scripts.sampler import DDIMVolumeSampler, mri_scale, pet_scale  # noqa: E402
+from scripts.normalise import NormaliseStudyd  # noqa: E402
+from scripts.sampler import DDIMVolumeSampler  # noqa: E402
 from scripts.training import load_cohort  # noqa: E402
 
 
@@ -62,17 +63,16 @@ def main() -> None:
     if args.subjects:
         keep = sorted({r["id"] for r in records})[: args.subjects]
         records = [r for r in records if r["id"] in keep]
+    normalise = NormaliseStudyd(["pet_low_dose"], "pet_low_dose", "t1")  # inference's normalisation
     cases = []
     for record in records:
-        low_dose, sd = volume(record["pet_low_dose"]), volume(record["pet_sd"])
-        mri, mask = volume(record["t1"]), volume(record["brain_mask"]) > 0
-        scale, mri = pet_scale(low_dose), mri / mri_scale(mri)
+        study = normalise({key: torch.from_numpy(volume(record[key])) for key in ("pet_low_dose", "t1")})
+        sd, mask = volume(record["pet_sd"]), volume(record["brain_mask"]) > 0
+        inputs = torch.stack([study["pet_low_dose"], study["t1"]])[None]  # (1, 2, H, W, D) as at inference
         if args.slab:
-            first = (low_dose.shape[-1] - args.slab) // 2
-            low_dose, sd, mri, mask = (v[..., first : first + args.slab] for v in (low_dose, sd, mri, mask))
-        cases.append(
-            (record, torch.from_numpy(low_dose / scale)[None, None], torch.from_numpy(mri)[None, None], sd, mask, scale)
-        )
+            first = (sd.shape[-1] - args.slab) // 2
+            inputs, sd, mask = (v[..., first : first + args.slab] for v in (inputs, sd, mask))
+        cases.append((record, inputs, sd, mask, study["pet_scale"]))
     where = f"central {args.slab} slices" if args.slab else "whole volume"
     print(
         f"{where} of {len(cases)} validation volumes ({len({c[0]['id'] for c in cases})} subjects, DRF {args.drf}), "
@@ -86,11 +86,11 @@ def main() -> None:
             for steps in args.steps:
                 sampler = DDIMVolumeSampler(steps, warm_t, samples, args.slice_batch_size, seed=0, progress=False)
                 rows: dict[int, list] = {}
-                for record, low_dose, mri, sd, mask, scale in cases:
+                for record, inputs, sd, mask, scale in cases:
                     start = time.perf_counter()
-                    mean, _ = sampler(network, low_dose, mri)
+                    pred = sampler(inputs, network)
                     seconds = time.perf_counter() - start
-                    enhanced = mean[0, 0].numpy() * scale
+                    enhanced = pred[0, 0].numpy() * scale
                     rows.setdefault(record["dose_reduction_factor"], []).append(
                         (masked_psnr(enhanced, sd, mask), masked_ssim(enhanced, sd, mask), seconds)
                     )

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from scripts.constants import fwhm_to_sigma
+
 from .projector import GaussianPSF, ParallelBeamProjector
 from .reconstruction import osem, post_filter
 
@@ -139,7 +141,7 @@ class Scanner:
         calibration = float(total_trues) / float(trues.sum())
         trues = trues * calibration
         # scatter: heavily blurred trues (radially and axially), scaled to the scatter fraction
-        sig_bins = c.scatter_fwhm_mm / 2.355 / self.recon_voxel_mm
+        sig_bins = fwhm_to_sigma(c.scatter_fwhm_mm) / self.recon_voxel_mm
         scat = ndimage.gaussian_filter(trues.numpy(), (0, sig_bins, 2.0), mode="constant")
         scat = torch.from_numpy(scat.astype(np.float32))
         scat_total = c.scatter_fraction / (1 - c.scatter_fraction) * float(total_trues)

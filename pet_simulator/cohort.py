@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from scripts.io.writers import atomic_path
+
 from .acquisition import Scanner, ScannerConfig, downsample_2x, log_uniform
 from .activity import absolute_scale, attenuation_map, relative_uptake
 from .anatomy import load_template_anatomy, mri_appearance, warp_anatomy, warp_anatomy_fine
@@ -36,11 +38,8 @@ logger = logging.getLogger(__name__)
 
 def write_json_atomic(obj, path: str | os.PathLike) -> None:
     """Write JSON through a temporary file and ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2))
 
 
 def save_nifti_atomic(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, dtype=np.float32) -> None:
@@ -54,11 +53,8 @@ def save_nifti_atomic(array: np.ndarray, affine: np.ndarray, path: str | os.Path
     img.header.set_xyzt_units("mm", "sec")
     img.header.set_qform(img.affine, code=1)
     img.header.set_sform(img.affine, code=1)
-    raw = img.to_bytes()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(gzip.compress(raw, compresslevel=4, mtime=0))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(gzip.compress(img.to_bytes(), compresslevel=4, mtime=0))
 
 
 def simulate_subject(

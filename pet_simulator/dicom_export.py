@@ -14,11 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
+from scripts.constants import F18_HALF_LIFE_S, LPS_TO_RAS
+from scripts.io.dicom import encode_int16
+from scripts.io.writers import atomic_path
+
 __all__ = ["write_pet_series", "write_mr_series", "export_subject", "new_uid"]
 
 PET_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.128"
 MR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.4"
-_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def new_uid(*entropy: object) -> str:
@@ -32,7 +35,7 @@ def _lps_slices(volume: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.
     """Return (volume, LPS affine) with in-plane axes flipped so the first two axes point to +L and +P."""
     if volume.ndim != 3:
         raise ValueError(f"expected a 3D volume (X, Y, Z), got shape {volume.shape}")
-    aff = _LPS @ np.asarray(affine, dtype=np.float64)
+    aff = LPS_TO_RAS @ np.asarray(affine, dtype=np.float64)  # RAS -> LPS (the matrix is its own inverse)
     vol = volume
     for axis in (0, 1):
         if aff[axis, axis] < 0:
@@ -157,12 +160,7 @@ def _write_slices(
         ds.ImagePositionPatient = [_ds(v) for v in pos]
         ds.SliceLocation = _ds(pos[2])
         plane = vol[:, :, k].T  # (rows = j, columns = i)
-        peak = float(np.abs(plane).max())
-        slope = float(_ds(peak / 32767.0)) if peak > 0 else 1.0
-        while peak > 0 and np.abs(np.round(plane / slope)).max() > 32767:
-            slope = float(_ds(slope * 1.0001))
-        pixels = np.round(plane / slope).astype(np.int16)
-        ds.RescaleSlope = _ds(slope)
+        pixels, ds.RescaleSlope = encode_int16(plane)
         ds.SmallestImagePixelValue = int(pixels.min())
         ds.LargestImagePixelValue = int(pixels.max())
         ds["SmallestImagePixelValue"].VR = "SS"
@@ -171,9 +169,8 @@ def _write_slices(
         if per_slice_extra is not None:
             per_slice_extra(ds, k)
         path = out_dir / f"{prefix}{k + 1:04d}.dcm"
-        tmp = out_dir / f".{prefix}{k + 1:04d}.dcm.tmp{os.getpid()}"
-        ds.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            ds.save_as(tmp, enforce_file_format=True)
         sop_uids.append(sop_uid)
     return sop_uids
 
@@ -185,7 +182,7 @@ def write_pet_series(
     *,
     patient_weight_kg: float,
     injected_dose_bq: float,
-    half_life_s: float = 6586.2,
+    half_life_s: float = F18_HALF_LIFE_S,
     series_description: str = "PET Brain FDG (simulated)",
     study_uid: str | None = None,
     frame_of_reference_uid: str | None = None,

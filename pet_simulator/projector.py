@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from scripts.constants import fwhm_to_sigma
+
 __all__ = ["ParallelBeamProjector", "GaussianPSF", "gaussian_kernel_matrix"]
 
 
@@ -171,7 +173,7 @@ def gaussian_kernel_matrix(n: int, fwhm_vox: float, tail_fraction: float = 0.0, 
         return np.eye(n, dtype=np.float32)
     idx = np.arange(n)
     d = idx[:, None] - idx[None, :]
-    sig = fwhm_vox / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+    sig = fwhm_to_sigma(fwhm_vox)
     k = (1 - tail_fraction) * np.exp(-0.5 * (d / sig) ** 2) / sig
     if tail_fraction > 0:
         sig_t = sig * tail_scale

@@ -6,6 +6,8 @@ import os
 
 import numpy as np
 
+from scripts.io.writers import atomic_path
+
 __all__ = ["qc_figure"]
 
 
@@ -42,7 +44,6 @@ def qc_figure(images: dict, path: str | os.PathLike, title: str = "", slice_inde
             axes[r, c].axis("off")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=80)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80)
     plt.close(fig)
-    os.replace(tmp, path)

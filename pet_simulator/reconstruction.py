@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from scipy import ndimage
+
+from scripts.constants import fwhm_to_sigma
 
 from .projector import GaussianPSF, ParallelBeamProjector
 
@@ -17,7 +17,7 @@ def post_filter(image: np.ndarray, fwhm_mm: float, voxel_mm: float) -> np.ndarra
     """Isotropic Gaussian post-filter (FWHM in mm)."""
     if fwhm_mm <= 0:
         return image
-    sigma = fwhm_mm / (2.0 * math.sqrt(2.0 * math.log(2.0))) / voxel_mm
+    sigma = fwhm_to_sigma(fwhm_mm) / voxel_mm
     return ndimage.gaussian_filter(image, sigma, mode="constant").astype(np.float32)
 
 

@@ -16,6 +16,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from scripts.constants import F18_HALF_LIFE_S
+
 torch.set_num_threads(1)  # the test machine's cores are shared; more threads only contend
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,7 +27,6 @@ META = BUNDLE / "configs" / "metadata.json"
 LOGGING = BUNDLE / "configs" / "logging.conf"
 PET_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.128"
 MR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.4"
-F18_HALF_LIFE_S = 6586.2
 
 TINY_NETWORK = {
     "network_def#base_channels": 8,

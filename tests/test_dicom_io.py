@@ -40,6 +40,18 @@ def test_reader_sorts_by_position_not_file_order(tmp_path, pet_volume):
     np.testing.assert_allclose(series.array, pet_volume, atol=pet_volume.max() / 65535)
 
 
+def test_reader_sorts_by_position_not_instance_number(tmp_path, pet_volume):
+    folder = write_dicom_series(pet_volume, tmp_path / "pet")
+    files = sorted(folder.iterdir())
+    for i, f in enumerate(files):  # InstanceNumber now runs opposite to the slice position
+        ds = pydicom.dcmread(f)
+        ds.InstanceNumber = len(files) - i
+        ds.save_as(f)
+    series = read_dicom_series(folder)
+    np.testing.assert_allclose(series.array, pet_volume, atol=pet_volume.max() / 65535)
+    np.testing.assert_allclose(series.affine, dicom_affine())
+
+
 def test_per_slice_rescale_slope_applied(tmp_path):
     volume = blob_volume((8, 8, 4))
     volume[:, :, 2] *= 50  # a much brighter slice: its own RescaleSlope
@@ -85,6 +97,16 @@ def test_suv_from_header_start_decay_correction(tmp_path, pet_volume):
     assert calibration.units == "BQML"
     assert calibration.factor == pytest.approx(80_000 / decayed_dose, rel=1e-9)
     assert calibration.bqml_factor == 1.0
+
+
+def test_suv_decay_reference_is_the_series_start_not_the_last_slice(tmp_path, pet_volume):
+    folder = write_dicom_series(pet_volume, tmp_path / "pet", injection_time="093000", series_time="103000")
+    for k, f in enumerate(sorted(folder.iterdir())):  # slices acquired one minute apart from the series start
+        ds = pydicom.dcmread(f)
+        ds.AcquisitionTime = f"10{30 + k:02d}00"
+        ds.save_as(f)
+    calibration = suv_calibration(read_dicom_series(folder), folder)
+    assert calibration.factor == pytest.approx(70_000 / (200e6 * 2 ** (-3600 / F18_HALF_LIFE_S)), rel=1e-9)
 
 
 def test_suv_admin_decay_correction_uses_the_injected_dose(tmp_path, pet_volume):

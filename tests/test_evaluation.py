@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 
 import pytest
@@ -71,7 +72,7 @@ def test_diffusion_methods_and_baselines(cohort, tmp_path):
         rows = _rows(_evaluate(names, cohort, runs, method, gaussian_fwhm_mm={100: 6.0}, **one_dose))
         assert len(rows) == 4 and all(r["method"] == method for r in rows)
         assert all(int(r["network_calls_per_slice"]) == calls for r in rows)
-        assert all(float(r["ssim"]) == float(r["ssim"]) for r in rows)  # finite, not NaN
+        assert all(math.isfinite(float(r["psnr"])) and math.isfinite(float(r["ssim"])) for r in rows)
 
 
 def test_evaluate_properties(cohort, tmp_path):

@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+import torch
 from inference_testing import (
     BUNDLE,
     CONFIG,
@@ -27,8 +28,10 @@ from inference_testing import (
     write_datalist,
     write_dicom_series,
 )
+from monai.data import MetaTensor
 from monai.transforms import LoadImage
 
+from scripts.enhance import StudyPrepareBatch
 from scripts.io import read_dicom_series, suv_calibration
 
 
@@ -201,3 +204,33 @@ def test_knobs_given_as_command_line_words(tmp_path, weights):
     run_workflow(datalist, tmp_path / "warm", weights, warm_start_timestep="500", save_uncertainty="true")
     assert summary(tmp_path / "warm")["settings"]["warm_start_timestep"] == 500
     assert (tmp_path / "warm" / "w1" / "w1_uncertainty.nii.gz").is_file()
+
+
+def test_study_without_mri_goes_to_the_sampler_without_an_mri_channel():
+    """The MRI-free path gets the PET alone (a zero MRI channel would run the MRI-guided path)."""
+    pet = MetaTensor(torch.rand(1, 4, 5, 3))
+    inputs, _, args, kwargs = StudyPrepareBatch()({"pet": pet, "mri": None, "drf": 20})
+    assert inputs.shape == (1, 1, 4, 5, 3) and kwargs == {"dose_reduction_factor": 20} and args == ()
+    inputs, _, _, _ = StudyPrepareBatch()({"pet": pet, "mri": 2 * pet})
+    torch.testing.assert_close(inputs, torch.stack([pet.as_tensor()[0], 2 * pet.as_tensor()[0]])[None])
+
+
+def test_engine_fires_monais_events_after_the_forward_pass(tmp_path, weights):
+    """FORWARD_COMPLETED sees the sampler's prediction; MODEL_COMPLETED (the postprocessing) comes after it."""
+    from monai.engines.utils import IterationEvents
+
+    datalist = write_datalist([nifti_study(tmp_path, "e1")], tmp_path / "studies.json")
+    workflow = make_workflow(datalist, tmp_path / "out", weights)
+    workflow.initialize()
+    evaluator = workflow.parser.get_parsed_content("evaluator")
+    seen = []
+
+    def record(engine):
+        seen.append((engine.last_event_name.name, tuple(engine.state.output["pred"].shape)))
+
+    evaluator.add_event_handler(IterationEvents.FORWARD_COMPLETED, record)
+    evaluator.add_event_handler(IterationEvents.MODEL_COMPLETED, record)  # after the postprocessing's own handler
+    workflow.run()
+    workflow.finalize()
+    assert seen == [("FORWARD_COMPLETED", (1, 2, 20, 24, 10)), ("MODEL_COMPLETED", (1, 20, 24, 10))]
+    assert study_status(tmp_path / "out")["e1"]["status"] == "ok"

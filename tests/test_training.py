@@ -8,10 +8,12 @@ import os
 import numpy as np
 import pytest
 import torch
+from monai.transforms import LoadImage
 from tiny_cohort import DRFS, make_tiny_cohort
-from workflow_testing import TINY_TRAINING, make_workflow, run_workflow
+from workflow_testing import CONFIGS, TINY_TRAINING, make_workflow, run_workflow
 
-from scripts.sampler import make_noise_scheduler
+from scripts.normalise import pet_scale
+from scripts.sampler import DDIMVolumeSampler, make_noise_scheduler
 from scripts.training import (
     DiffusionPrepareBatch,
     MultiTaskDiffusionLoss,
@@ -80,11 +82,32 @@ def test_prepare_batch_and_loss():
     assert inputs.shape == (4, 2, 16, 16)
 
     loss = MultiTaskDiffusionLoss(0.4, 0.4, 0.2)
+    assert 'mri_dropout_prob": 0.4' in open(os.path.join(CONFIGS, "train.json")).read()  # the paper's rate
     target = torch.zeros(2, 1, 4, 4)
     pred = torch.cat([torch.ones(2, 1, 4, 4), 3 * torch.ones(2, 1, 4, 4)], dim=1)
     assert math.isclose(float(loss(pred, target)), 0.4 * 1 + 0.4 * 9 + 0.2 * 4, rel_tol=1e-6)
     with pytest.raises(ValueError, match="expected pred"):
         loss(target, target)
+
+
+def test_mri_dropout_rate_is_the_share_of_mri_free_samples():
+    """``mri_dropout_prob=0.4``: 40 % of the samples take the MRI-free path (not 60 %)."""
+    batch = {key: torch.rand(4000, 1, 2, 2) for key in ("pet_low_dose", "mri_t1", "pet_standard_dose")}
+    torch.manual_seed(0)
+    _, _, _, kwargs = DiffusionPrepareBatch(make_noise_scheduler(), mri_dropout_prob=0.4)(batch)
+    assert 0.37 < float(kwargs["mri_free"].float().mean()) < 0.43
+
+
+def test_validation_normalises_as_inference(cohort, tmp_path):
+    """Validation batches are whole axial slices normalised by NormaliseStudyd, sampled by the inference sampler."""
+    workflow = make_workflow(["train"], dataset_dir=cohort, runs_dir=str(tmp_path), val_num_slices=4)
+    workflow.initialize()
+    item = workflow.parser.get_parsed_content("validate#dataset")[0]
+    record = workflow.parser.get_parsed_content("validate#data")[0]
+    low_dose = LoadImage(image_only=True)(record["pet_low_dose"])
+    assert item["image"].shape[1:3] == low_dose.shape[:2] and item["image"].shape[-1] == 4  # no crop to the brain
+    assert item["pet_scale"] == pytest.approx(pet_scale(low_dose), rel=1e-6)
+    assert type(workflow.parser.get_parsed_content("validate#inferer")) is DDIMVolumeSampler
 
 
 def test_m2diff_train_validate_resume(cohort, tmp_path):
@@ -121,7 +144,7 @@ def test_check_properties(cohort, tmp_path):
 
 
 def test_mlflow_tracking(cohort, tmp_path):
-    mlflow = pytest.importorskip("mlflow")
+    pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
     from monai.utils import path_to_sqlite_uri
 
@@ -135,4 +158,3 @@ def test_mlflow_tracking(cohort, tmp_path):
     assert {"train_loss", "val_psnr", "val_ssim"} <= set(run.data.metrics)
     assert {"max_epochs", "epoch_length"} <= set(run.data.params)
     assert any(a.path.startswith("config_") for a in client.list_artifacts(run.info.run_id))
-    assert mlflow is not None

@@ -1,32 +1,29 @@
 """The inference engine: enhance one study per iteration, record its status, write ``summary.json`` at the end.
 
-:class:`StudyEnhancer` is a ``SupervisedEvaluator`` whose iteration normalises the study (``pet_scale``,
-``mri_scale``), runs the sampler (the config's ``inferer``), restores the PET units and fires the postprocessing
-(invert the reorientation, convert units, save). Any error in a study is recorded and the run goes on with the next.
-:class:`StudySummaryHandler` writes the summary and makes the run fail when a study failed.
+Normalise (preprocessing: ``scripts.normalise.NormaliseStudyd``), sample (``inferer(inputs, network)``: the config's
+``scripts.sampler.DDIMVolumeSampler``), restore (postprocessing: ``Invertd``, units, save). :class:`StudyEnhancer` is
+MONAI's ``SupervisedEvaluator`` plus per-study failure capture; :class:`StudySummaryHandler` writes the summary and
+makes the run fail when a study failed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from monai.data import MetaTensor
-from monai.engines import SupervisedEvaluator
-from monai.engines.utils import IterationEvents
+from monai.engines import PrepareBatch, SupervisedEvaluator
+from monai.utils import convert_to_tensor
 from torch import nn
 
 from scripts.io.errors import StudyError, find_study_error, root_cause
-from scripts.io.options import flag
 from scripts.io.studies import ERROR_KEY
 from scripts.io.writers import write_json
-from scripts.sampler import mri_scale, pet_scale
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +39,7 @@ class _LoadError(Exception):
 
 
 def require_weights(path: str | os.PathLike) -> str:
-    """Check that the network weights exist before anything runs.
+    """Check that the network weights exist before anything runs; log their sha256 (warn if not the recorded one).
 
     Raises:
         FileNotFoundError: saying how to get or train the weights.
@@ -55,7 +52,19 @@ def require_weights(path: str | os.PathLike) -> str:
         )
         logger.error(message)
         raise FileNotFoundError(message)
+    digest = file_sha256(path)
+    recorded = Path(f"{path}.sha256")
+    expected = recorded.read_text().split()[0] if recorded.is_file() and recorded.read_text().strip() else digest
+    logger.info(f"network weights {path}: sha256 {digest}")
+    if digest != expected:
+        logger.warning(f"network weights {path}: sha256 differs from the one recorded in {recorded} ({expected})")
     return str(path)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file (the shipped weights' is recorded in ``models/model.pt.sha256``)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def bundle_version(bundle_root: str | os.PathLike) -> str:
@@ -76,48 +85,48 @@ def _error_message(exc: BaseException, study_id: str, file: str | None) -> str:
     return str(error.for_study(study_id))
 
 
-class StudyEnhancer(SupervisedEvaluator):
-    """Enhance each study of ``val_data_loader`` with ``inferer(network, pet_low_dose, mri_t1)``.
+class StudyPrepareBatch(PrepareBatch):
+    """``(inputs, None, (), {"dose_reduction_factor": K})`` for an inferer: ``inputs`` = ``[PET, MRI]`` channels,
+    ``(B, 2, H, W, D)``, or ``(B, 1, H, W, D)`` when the study has no MRI (the MRI-free path).
 
-    Batches are single study dicts (see :class:`scripts.io.StudyDataset`): ``pet`` and optional ``mri`` as
-    ``(1, H, W, D)`` RAS ``MetaTensor`` volumes on the PET grid. The iteration output holds ``pred`` (enhanced PET in
-    the input's units), ``uncertainty`` (per-voxel SD of the samples, when ``save_uncertainty``) and the study's
-    ``status`` (``"ok"``/``"failed"``), ``message``, ``seconds``, ``network_calls``, ``mri_free`` and ``outputs``
-    (filled by the postprocessing's saver).
+    Args:
+        pet_key: the normalised low-dose PET, ``(C=1, H, W, D)`` per study.
+        mri_key: the normalised MRI on the PET grid (absent or ``None``: no MRI).
+        drf_key: the dose reduction factor (optional).
+        batched: the loader collated a batch dimension (``False``: ``single_study_collate``'s single study).
+    """
+
+    def __init__(self, pet_key: str = "pet", mri_key: str = "mri", drf_key: str = "drf", batched: bool = False):
+        self.pet_key, self.mri_key, self.drf_key, self.batched = pet_key, mri_key, drf_key, batched
+
+    def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
+        images = [batchdata[k] for k in (self.pet_key, self.mri_key) if batchdata.get(k) is not None]
+        inputs = convert_to_tensor(torch.cat(images, dim=1 if self.batched else 0), track_meta=False).float()
+        inputs = (inputs if self.batched else inputs[None]).to(device=device, non_blocking=non_blocking, **kwargs)
+        drf = batchdata.get(self.drf_key)
+        drf = int(drf[0]) if isinstance(drf, (list, torch.Tensor)) else drf  # collated: one value per batch
+        return inputs, None, (), {"dose_reduction_factor": drf}
+
+
+class StudyEnhancer(SupervisedEvaluator):
+    """MONAI's ``SupervisedEvaluator`` over single studies that records a failed study and goes on with the next.
+
+    Each iteration is MONAI's (``prepare_batch``, ``inferer``, ``FORWARD_COMPLETED``, ``MODEL_COMPLETED`` with the
+    postprocessing); the override only captures a study's failure. The iteration output is the study's record
+    (``status`` "ok"/"failed", ``message``, ``seconds``, ``network_calls``, ``mri_free``, ``method``, ``outputs``).
 
     Args:
         device: device of the network.
         val_data_loader: loader of single studies (``batch_size=1`` with ``single_study_collate``).
         network: the x0-predicting network (weights loaded by a ``CheckpointLoader`` handler).
         inferer: a :class:`scripts.sampler.DDIMVolumeSampler`.
-        postprocessing: transforms run on each study's batch + output (invert, convert units, save).
-        val_handlers: event handlers (checkpoint loader, summary).
-        save_uncertainty: keep the sample SD as ``uncertainty``.
-        kwargs: passed to ``SupervisedEvaluator``.
+        kwargs: passed to ``SupervisedEvaluator`` (``prepare_batch``, ``postprocessing``, ``val_handlers``, ``amp``).
     """
 
-    def __init__(
-        self,
-        device: torch.device | str,
-        val_data_loader: Any,
-        network: nn.Module,
-        inferer: Callable,
-        postprocessing: Callable | None = None,
-        val_handlers: Sequence | None = None,
-        save_uncertainty: bool = False,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, device: torch.device | str, val_data_loader: Any, network: nn.Module, inferer: Any, **kwargs):
         kwargs.setdefault("decollate", False)
-        super().__init__(
-            device=device,
-            val_data_loader=val_data_loader,
-            network=network,
-            inferer=inferer,
-            postprocessing=postprocessing,
-            val_handlers=val_handlers,
-            **kwargs,
-        )
-        self.save_uncertainty = flag(save_uncertainty, "save_uncertainty")
+        kwargs.setdefault("prepare_batch", StudyPrepareBatch())
+        super().__init__(device=device, val_data_loader=val_data_loader, network=network, inferer=inferer, **kwargs)
 
     def _method(self, mri_free: bool) -> str:
         steps = len(getattr(self.inferer, "timesteps", [])) or "?"
@@ -126,56 +135,36 @@ class StudyEnhancer(SupervisedEvaluator):
 
     def _iteration(self, engine: SupervisedEvaluator, batchdata: dict) -> dict:
         study_id = str(batchdata.get("id"))
-        output: dict[str, Any] = {"status": "failed", "message": "", "outputs": {}, "notes": [], "network_calls": 0}
-        engine.state.output = output
+        record: dict[str, Any] = {"status": "failed", "message": "", "outputs": {}, "notes": [], "network_calls": 0}
         start = time.perf_counter()
         try:
             if batchdata.get(ERROR_KEY):  # the dataset could not load the study; its message is complete
                 raise _LoadError(batchdata[ERROR_KEY])
-            pet: MetaTensor = batchdata["pet"]
-            mri: MetaTensor | None = batchdata.get("mri")
-            mri_free = mri is None
-            output["mri_free"] = mri_free
-            output["method"] = self._method(mri_free)
+            mri_free = batchdata.get("mri") is None or not getattr(engine.inferer, "use_mri", True)
+            batchdata["method"] = record["method"] = self._method(mri_free)
+            record["mri_free"] = mri_free
             drf = f", dose reduction factor {batchdata['drf']}" if batchdata.get("drf") else ""
-            if mri_free:
-                logger.info(f"study '{study_id}': no MRI given: using the MRI-free path{drf}")
-            else:
-                logger.info(f"study '{study_id}': MRI-guided enhancement{drf}")
-            scale = pet_scale(pet.as_tensor())
-            pet_low_dose = (pet.as_tensor() / scale)[None].float()
-            mri_t1 = None if mri_free else (mri.as_tensor() / mri_scale(mri.as_tensor()))[None].float()
-            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-            mean, std = engine.inferer(engine.network, pet_low_dose, mri_t1)
-            output["network_calls"] = int(getattr(engine.inferer, "network_calls", 0))
-            output["network_calls_per_slice"] = getattr(engine.inferer, "network_calls_per_slice", None)
-            meta = {key: value for key, value in pet.meta.items() if key != "affine"}
-            output["pred"] = MetaTensor(mean[0].cpu() * scale, affine=pet.affine, meta=dict(meta))
-            if self.save_uncertainty:
-                output["uncertainty"] = MetaTensor(std[0].cpu() * scale, affine=pet.affine, meta=dict(meta))
-            engine.fire_event(IterationEvents.MODEL_COMPLETED)  # runs the postprocessing: invert, units, save
-            output = engine.state.output
-            output["units"] = batchdata.get("units")
-            output["status"] = "ok"
+            path = "no MRI given: using the MRI-free path" if mri_free else "MRI-guided enhancement"
+            logger.info(f"study '{study_id}': {path}{drf}")
+            output = super()._iteration(engine, batchdata)
+            record.update(outputs=output.get("outputs") or {}, notes=output.get("notes") or [], status="ok")
+            record.update(units=batchdata.get("units"), network_calls=int(getattr(engine.inferer, "network_calls", 0)))
+            record["network_calls_per_slice"] = getattr(engine.inferer, "network_calls_per_slice", None)
         except _LoadError as exc:
-            output["message"] = str(exc)
+            record["message"] = str(exc)
         except Exception as exc:  # a failed study is recorded; the run goes on
-            output = engine.state.output
-            output["status"] = "failed"
+            partial = engine.state.output if isinstance(engine.state.output, dict) else {}
+            record.update(outputs=partial.get("outputs") or {}, notes=partial.get("notes") or [], status="failed")
             pet_path = batchdata.get("pet_input", batchdata.get("pet"))
-            output["message"] = _error_message(exc, study_id, pet_path if isinstance(pet_path, str) else None)
+            record["message"] = _error_message(exc, study_id, pet_path if isinstance(pet_path, str) else None)
             if not find_study_error(exc):
                 logger.exception(f"study '{study_id}': unexpected error")
-            logger.error(output["message"])
+            logger.error(record["message"])
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        output["id"] = study_id
-        output["drf"] = batchdata.get("drf")
-        output["seconds"] = round(time.perf_counter() - start, 3)
-        for key in ("pred", "uncertainty", "pet", "mri"):  # free the volumes: the summary keeps only the record
-            output.pop(key, None)
-        engine.state.output = output
-        return output
+        record.update(id=study_id, drf=batchdata.get("drf"), seconds=round(time.perf_counter() - start, 3))
+        engine.state.output = record  # the summary keeps only the record, not the volumes
+        return record
 
 
 class StudySummaryHandler:

@@ -1,6 +1,7 @@
 """Score enhanced studies against the standard-dose images, per study, and summarise per method, dose and group.
 
-:class:`StudyPrepareBatch` gives the evaluator ``[LD, MRI]`` and the dose level (for dose-dependent baselines).
+configs/evaluate.json runs inference's preprocessing (``NormaliseStudyd``) and sampler on whole volumes;
+``scripts.enhance.StudyPrepareBatch`` gives the inferer ``[LD, MRI]`` and the dose level (for dose-dependent baselines).
 :class:`StudyEvaluationHandler` is attached to the evaluator of configs/evaluate.json: after each study it puts the
 output back into activity units (x ``pet_scale``), scores it against the standard-dose (SD) and the noise-free SD
 images (``scripts.metrics``), times it, and draws a panel; at the end it writes ``metrics.csv`` and ``summary.json``.
@@ -9,7 +10,6 @@ images (``scripts.metrics``), times it, and draws a panel; at the end it writes 
 from __future__ import annotations
 
 import csv
-import json
 import os
 import time
 from collections import defaultdict
@@ -17,22 +17,12 @@ from collections import defaultdict
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from monai.engines import PrepareBatch
 
 from scripts import metrics
+from scripts.io.writers import atomic_path, write_json
 
 REFERENCES = {"sd": "pet_sd", "sd_noisefree": "pet_sd_noisefree"}
 METRIC_NAMES = ("psnr", "ssim", "nmse", "mean_bias_pct", "suvr_bias_pct", "slice_psnr", "slice_ssim")
-
-
-class StudyPrepareBatch(PrepareBatch):
-    """``(image, None, (), {"dose_reduction_factor": K})`` from an evaluation batch (``image`` = ``[LD, MRI]``)."""
-
-    def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
-        image = batchdata["image"].to(device=device, non_blocking=non_blocking, **kwargs)
-        drf = batchdata.get("dose_reduction_factor")
-        drf = int(drf[0]) if isinstance(drf, (list, tuple, torch.Tensor)) else drf
-        return image, None, (), {"dose_reduction_factor": drf}
 
 
 def _array(x) -> np.ndarray:
@@ -209,7 +199,7 @@ class StudyEvaluationHandler:
     def _write(self, engine: Engine) -> None:
         if not self.rows:
             return
-        with open(os.path.join(self.output_dir, "metrics.csv"), "w", newline="") as f:
+        with atomic_path(os.path.join(self.output_dir, "metrics.csv")) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(self.rows[0]))
             writer.writeheader()
             writer.writerows(self.rows)
@@ -222,5 +212,4 @@ class StudyEvaluationHandler:
             "network_calls_per_volume": float(np.mean([r["network_calls_per_volume"] for r in self.rows])),
             "metrics": summarise(self.rows),
         }
-        with open(os.path.join(self.output_dir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        write_json(summary, os.path.join(self.output_dir, "summary.json"))

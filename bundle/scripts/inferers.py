@@ -5,11 +5,11 @@ normalised MRI, axial = last dim) and the network, and returns ``(B, 2, H, W, D)
 channel 1 its per-voxel standard deviation (zeros for deterministic methods). Training, validation and evaluation all
 use them, so every method is scored by one workflow.
 
-- :class:`SamplerInferer`: diffusion methods through ``scripts.sampler.DDIMVolumeSampler`` (M2Diff, its MRI-free
-  mode with ``use_mri=False``, the single-branch conditional diffusion baseline).
+- ``scripts.sampler.DDIMVolumeSampler``: the diffusion methods (M2Diff, its MRI-free mode with ``use_mri=False``,
+  the single-branch conditional diffusion baseline), the same inferer inference ships.
 - :class:`SliceRegressionInferer`: a 2D regression network on ``[LD, MRI]`` slices (MONAI ``SliceInferer``).
-- :class:`GaussianFilterInferer`: a 3D Gaussian post-filter of the low-dose image (FWHM in mm).
-- :class:`LowDoseInferer`: the low-dose image itself.
+- :class:`GaussianFilterInferer`: a 3D Gaussian post-filter of the low-dose image (FWHM in mm; 0: the low-dose image
+  itself, the floor every method must beat).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from monai.inferers import Inferer, SliceInferer
 from monai.transforms import GaussianSmooth
 from torch import nn
 
-FWHM_PER_SIGMA = 2.354820045
+from scripts.constants import fwhm_to_sigma
 
 
 def _check_inputs(inputs: torch.Tensor) -> None:
@@ -31,34 +31,6 @@ def _check_inputs(inputs: torch.Tensor) -> None:
 
 def _with_zero_std(image: torch.Tensor) -> torch.Tensor:
     return torch.cat([image, torch.zeros_like(image)], dim=1)
-
-
-class SamplerInferer(Inferer):
-    """Enhance with a diffusion sampler (one study at a time).
-
-    Args:
-        sampler: a ``DDIMVolumeSampler`` (``sampler(network, pet_low_dose, mri_t1) -> (mean, std)``).
-        use_mri: give the MRI; ``False`` runs the network's MRI-free path (M2Diff only).
-    """
-
-    def __init__(self, sampler, use_mri: bool = True) -> None:
-        super().__init__()
-        self.sampler = sampler
-        self.use_mri = use_mri
-
-    @property
-    def network_calls_per_slice(self) -> int:
-        """Network evaluations each slice receives (steps x samples)."""
-        return int(self.sampler.network_calls_per_slice)
-
-    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, **kwargs) -> torch.Tensor:
-        _check_inputs(inputs)
-        outputs = []
-        for study in inputs:
-            study = study[None].float()
-            mean, std = self.sampler(network, study[:, :1], study[:, 1:2] if self.use_mri else None)
-            outputs.append(torch.cat([mean, std], dim=1))
-        return torch.cat(outputs).to(inputs.device)
 
 
 class SliceRegressionInferer(Inferer):
@@ -116,16 +88,6 @@ class GaussianFilterInferer(Inferer):
             fwhm = fwhm[int(dose_reduction_factor)]
         if fwhm <= 0:
             return _with_zero_std(low_dose)
-        smooth = GaussianSmooth(sigma=[fwhm / FWHM_PER_SIGMA / s for s in self.voxel_size_mm])
+        smooth = GaussianSmooth(sigma=[fwhm_to_sigma(fwhm) / s for s in self.voxel_size_mm])
         filtered = torch.stack([torch.as_tensor(smooth(study)) for study in low_dose])
         return _with_zero_std(filtered.to(inputs.device))
-
-
-class LowDoseInferer(Inferer):
-    """The low-dose PET as it is (the network is ignored): the floor every method must beat."""
-
-    network_calls_per_slice = 0
-
-    def __call__(self, inputs: torch.Tensor, network: nn.Module | None = None, *args, **kwargs) -> torch.Tensor:
-        _check_inputs(inputs)
-        return _with_zero_std(inputs[:, :1].float())

@@ -1,13 +1,23 @@
-"""DDIM sampling of a standard-dose PET volume, slice by slice, with x0-predicting networks.
+"""DDIM sampling of a standard-dose PET volume, slice by slice, with x0-predicting networks: one MONAI ``Inferer``.
 
 The scheduler (MONAI's DDPM noise schedule: 1000 steps, linear betas 1e-4..0.02) knows nothing of the network; the
-network knows nothing of sampling; :class:`DDIMVolumeSampler` is where they meet.
+network knows nothing of sampling; :class:`DDIMVolumeSampler` is where they meet. Inference, validation, evaluation
+and benchmarks call it alike, ``sampler(inputs, network)``, on studies normalised by ``NormaliseStudyd``.
+
+Why the DDIM update is ours and not ``monai.networks.schedulers.DDIMScheduler``: MONAI's scheduler fixes its
+timesteps to the multiples of ``1000 // steps`` ending at 0 (plus a constant offset): no warm start from an arbitrary
+timestep, and not the trailing spacing from 999 that the shipped model's step settings were chosen with. The update
+itself is the same equation (tests/test_sampler.py checks our chain against MONAI's ``DDIMScheduler.step``). Why
+the slicing is ours and not ``SliceInferer``: a chain of several network calls runs on each batch of slices, with
+noise drawn per volume.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Any
+
 import torch
+from monai.inferers import Inferer
 from monai.networks.schedulers import DDPMScheduler
 from torch import nn
 from tqdm import tqdm
@@ -27,36 +37,6 @@ def make_noise_scheduler() -> DDPMScheduler:
     )
 
 
-def _robust_mean(volume: torch.Tensor | np.ndarray, what: str) -> float:
-    """Mean of the voxels above 25 % of the 99th percentile: a robust 'bright tissue' level that scales linearly."""
-    values = np.asarray(volume.detach().cpu() if isinstance(volume, torch.Tensor) else volume, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    high = np.percentile(values, 99) if values.size else 0.0
-    if not high > 0:
-        raise ValueError(f"cannot normalise the {what}: its 99th percentile is {high}, expected a positive image")
-    return float(values[values > 0.25 * high].mean())
-
-
-def pet_scale(pet_low_dose: torch.Tensor | np.ndarray, brain_mask: torch.Tensor | np.ndarray | None = None) -> float:
-    """Per-volume intensity scale of a PET study (mean brain activity of the low-dose image).
-
-    All PET images of a study (low dose, standard dose, outputs) are divided by this one number, so the original
-    units are restored exactly by multiplying back. Scaling the input by ``a`` scales the result by ``a``.
-    """
-    if brain_mask is not None:
-        values = np.asarray(pet_low_dose, dtype=np.float64)[np.asarray(brain_mask) > 0]
-        mean = float(values.mean()) if values.size else 0.0
-        if not mean > 0:
-            raise ValueError(f"cannot normalise the PET: mean activity in the brain mask is {mean}")
-        return mean
-    return _robust_mean(pet_low_dose, "PET")
-
-
-def mri_scale(mri_t1: torch.Tensor | np.ndarray) -> float:
-    """Per-volume intensity scale of a T1 MRI (mean of its bright tissue)."""
-    return _robust_mean(mri_t1, "MRI")
-
-
 def ddim_timesteps(num_steps: int, start: int = NUM_TRAIN_TIMESTEPS - 1) -> list[int]:
     """Evenly spaced ("trailing") DDIM timesteps from ``start`` down, e.g. 4 steps from 999: 999, 749, 500, 250."""
     if num_steps < 1 or not 0 < start < NUM_TRAIN_TIMESTEPS:
@@ -74,17 +54,20 @@ def ddim_step(x0: torch.Tensor, x_t: torch.Tensor, alpha_t: float, alpha_prev: f
     return alpha_prev**0.5 * x0 + (1 - alpha_prev) ** 0.5 * eps
 
 
-def slice_stack(volume: torch.Tensor, context_slices: int) -> torch.Tensor:
-    """(1, 1, H, W, D) volume -> (D, 1 + 2c, H, W) axial slices with ``c`` neighbours each side (edges replicated)."""
-    slices = volume[0, 0].permute(2, 0, 1)  # (D, H, W)
-    depth = slices.shape[0]
-    offsets = range(-context_slices, context_slices + 1)
-    index = torch.stack([torch.arange(depth).add(o).clamp(0, depth - 1) for o in offsets], dim=1)
-    return slices[index]
+def slice_stack(volume: torch.Tensor, context_slices: int, slices: list[int] | None = None) -> torch.Tensor:
+    """(1, 1, H, W, D) volume -> (N, 1 + 2c, H, W) axial slices with ``c`` neighbours each side (edges replicated).
+
+    ``slices``: the axial indices to stack (``None``: all ``D``). Training and sampling stack slices with it.
+    """
+    planes = volume[0, 0].permute(2, 0, 1)  # (D, H, W)
+    depth = planes.shape[0]
+    centres = torch.arange(depth) if slices is None else torch.as_tensor(slices)
+    index = torch.stack([(centres + o).clamp(0, depth - 1) for o in range(-context_slices, context_slices + 1)], 1)
+    return planes[index]
 
 
-class DDIMVolumeSampler:
-    """Enhance a low-dose PET volume with DDIM sampling of an x0-predicting network, one batch of slices at a time.
+class DDIMVolumeSampler(Inferer):
+    """Enhance low-dose PET volumes with DDIM sampling of an x0-predicting network, one batch of slices at a time.
 
     The chain follows output channel 0 (M2Diff's PET head). With ``warm_start_timestep`` the chain starts from the
     low-dose image noised to that timestep instead of pure noise. ``num_samples`` chains with different noise give
@@ -99,6 +82,7 @@ class DDIMVolumeSampler:
         seed: seed of the noise.
         context_slices: neighbouring slices each side given to the network (must match the network).
         progress: show a progress bar.
+        use_mri: ``False`` ignores an MRI channel and runs the network's MRI-free path.
     """
 
     def __init__(
@@ -110,17 +94,20 @@ class DDIMVolumeSampler:
         seed: int = 0,
         context_slices: int = 0,
         progress: bool = True,
+        use_mri: bool = True,
     ) -> None:
+        super().__init__()
         if num_samples < 1 or slice_batch_size < 1:
             raise ValueError(f"num_samples and slice_batch_size must be >= 1, got {num_samples}, {slice_batch_size}")
         start = NUM_TRAIN_TIMESTEPS - 1 if warm_start_timestep is None else int(warm_start_timestep)
         self.timesteps = ddim_timesteps(num_inference_steps, start)
-        self.warm_start = warm_start_timestep is not None
+        self.warm_start_timestep = None if warm_start_timestep is None else start
         self.num_samples = num_samples
         self.slice_batch_size = slice_batch_size
         self.seed = seed
         self.context_slices = context_slices
         self.progress = progress
+        self.use_mri = use_mri
         self.alphas_cumprod = make_noise_scheduler().alphas_cumprod.double()
         self.network_calls = 0
 
@@ -129,37 +116,51 @@ class DDIMVolumeSampler:
         """Network evaluations each slice receives: steps x samples (the authors' sampler: 1000)."""
         return len(self.timesteps) * self.num_samples
 
-    def _divisor(self, network: nn.Module) -> int:
-        return int(getattr(getattr(network, "module", network), "downsample_factor", 1))
-
-    def _supports_mri_free(self, network: nn.Module) -> bool:
-        return bool(getattr(getattr(network, "module", network), "supports_mri_free", False))
-
     @torch.inference_mode()
-    def __call__(
-        self, network: nn.Module, pet_low_dose: torch.Tensor, mri_t1: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sample the standard-dose estimate.
+    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Sample the standard-dose estimate of each study of a batch.
 
         Args:
-            network: x0-predicting network, ``network(x, timesteps[, mri_free])`` -> ``(B, >=1, H, W)``.
-            pet_low_dose: ``(1, 1, H, W, D)`` normalised low-dose PET, axial = last dim.
-            mri_t1: ``(1, 1, H, W, D)`` normalised T1 on the PET grid, or ``None`` for the MRI-free path.
+            inputs: ``(B, C, H, W, D)`` normalised studies, axial = last dim: channel 0 the low-dose PET, channel 1
+                (when ``C == 2``) the T1 MRI on the PET grid; ``C == 1`` (or ``use_mri=False``): the MRI-free path.
+            network: x0-predicting network, ``network(x, timesteps[, mri_free=True])`` -> ``(B, >=1, H, W)``.
+            kwargs: passed to :meth:`sample_study` (e.g. ``dose_reduction_factor``).
 
         Returns:
-            ``(mean, std)``, each ``(1, 1, H, W, D)`` in the normalised units of the input.
+            ``(B, 2, H, W, D)``: the enhanced PET (mean of the samples) and the per-voxel SD of the samples (zeros
+            for one sample), in the normalised units of the input.
         """
-        if pet_low_dose.ndim != 5 or pet_low_dose.shape[:2] != (1, 1):
-            raise ValueError(f"expected pet_low_dose of shape (1, 1, H, W, D), got {tuple(pet_low_dose.shape)}")
-        if mri_t1 is not None and mri_t1.shape != pet_low_dose.shape:
-            raise ValueError(f"MRI shape {tuple(mri_t1.shape)} differs from PET shape {tuple(pet_low_dose.shape)}")
+        if inputs.ndim != 5 or inputs.shape[1] not in (1, 2):
+            raise ValueError(f"expected inputs (B, 1 or 2, H, W, D) = [low-dose PET, MRI], got {tuple(inputs.shape)}")
+        self.network_calls = 0
+        with_mri = self.use_mri and inputs.shape[1] == 2
+        studies = [
+            self.sample_study(network, study[None, :1], study[None, 1:2] if with_mri else None, **kwargs)
+            for study in inputs
+        ]
+        return torch.cat(studies).to(inputs.device)
+
+    def sample_study(
+        self, network: nn.Module, pet_low_dose: torch.Tensor, mri_t1: torch.Tensor | None = None, **kwargs: Any
+    ) -> torch.Tensor:
+        """One study: ``(1, 1, H, W, D)`` normalised PET (and MRI, or ``None``) -> ``(1, 2, H, W, D)`` [mean, SD].
+
+        Per-study steps around sampling belong here (e.g. clamping activity at 0, a data-consistency step against
+        ``pet_low_dose``, masking the SD outside the head, or a dose input from ``kwargs["dose_reduction_factor"]``).
+        """
+        mean, std = self._sample(network, pet_low_dose, mri_t1)
+        return torch.cat([mean, std], dim=1)
+
+    def _sample(
+        self, network: nn.Module, pet_low_dose: torch.Tensor, mri_t1: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        module = getattr(network, "module", network)  # DDP / DataParallel wrap the network
         mri_free = mri_t1 is None
-        if mri_free and not self._supports_mri_free(network):
-            raise ValueError(f"{type(network).__name__} has no MRI-free path; give an MRI")
+        if mri_free and not getattr(module, "supports_mri_free", False):
+            raise ValueError(f"{type(module).__name__} has no MRI-free path; give an MRI")
         device = next(network.parameters()).device
-        network.eval()
         _, _, height, width, depth = pet_low_dose.shape
-        div = self._divisor(network)
+        div = int(getattr(module, "downsample_factor", 1))
         pad_h, pad_w = (-height) % div, (-width) % div
         pad = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
 
@@ -167,10 +168,10 @@ class DDIMVolumeSampler:
             return nn.functional.pad(slice_stack(volume.float().cpu(), self.context_slices), pad)
 
         ld_slices = prepare(pet_low_dose)
+        # the MRI-free network skips its MRI branch; zeros only fill the input's MRI channels
         mri_slices = torch.zeros_like(ld_slices) if mri_free else prepare(mri_t1)
         centre = self.context_slices
         samples = []
-        self.network_calls = 0
         batches = range(0, depth, self.slice_batch_size)
         bar = tqdm(total=self.num_samples * len(batches), desc="DDIM", disable=not self.progress, leave=False)
         for sample_index in range(self.num_samples):
@@ -195,20 +196,16 @@ class DDIMVolumeSampler:
     def _chain(self, network, ld, mri, ld_centre, noise, mri_free: bool) -> torch.Tensor:
         """Run one DDIM chain on a batch of slices; returns the final x0 estimate ``(B, 1, H, W)``."""
         alphas = self.alphas_cumprod
-        t_first = self.timesteps[0]
-        if self.warm_start:
-            a = float(alphas[t_first])
+        if self.warm_start_timestep is not None:
+            a = float(alphas[self.timesteps[0]])
             x_t = a**0.5 * ld_centre + (1 - a) ** 0.5 * noise
         else:
             x_t = noise
         x0 = x_t
+        path = {"mri_free": True} if mri_free else {}
         for i, t in enumerate(self.timesteps):
             timesteps = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
-            inputs = torch.cat([x_t, ld, mri], dim=1)
-            if mri_free:
-                x0 = network(inputs, timesteps, mri_free=True)[:, :1]
-            else:
-                x0 = network(inputs, timesteps)[:, :1]
+            x0 = network(torch.cat([x_t, ld, mri], dim=1), timesteps, **path)[:, :1]
             self.network_calls += 1
             if i + 1 < len(self.timesteps):
                 x_t = ddim_step(x0, x_t, float(alphas[t]), float(alphas[self.timesteps[i + 1]]))

@@ -4,7 +4,7 @@ The engines are MONAI's own (``SupervisedTrainer``): this file only says what on
 
 - :func:`load_cohort` reads a split of the cohort's ``datalist.json`` (paths made absolute, one record per study).
 - :class:`PETSliceDataset` caches the training volumes once and serves random axial slices (2D or 2.5D), each with a
-  dose level drawn from the record's ``drfs``, normalised by the low-dose PET's own scale (as at inference).
+  dose level drawn from the record's ``drfs``, normalised by ``scripts.normalise.NormaliseStudyd`` (as at inference).
 - :class:`DiffusionPrepareBatch` noises the standard-dose slice and returns ``([x_t, LD, MRI], SD, (t,), kwargs)``
   with per-sample MRI dropout; :class:`RegressionPrepareBatch` returns ``([LD, MRI], SD)``.
 - :class:`MultiTaskDiffusionLoss` is the paper's ``w_pet MSE(pet, SD) + w_mri MSE(mri, SD) + w_cons MSE(pet, mri)``.
@@ -21,10 +21,11 @@ import torch
 from monai.data import MetaTensor
 from monai.engines import PrepareBatch
 from monai.networks.schedulers import Scheduler
-from monai.transforms import LoadImage, MapTransform, Randomizable
+from monai.transforms import LoadImage, RandCropByPosNegLabeld, Randomizable, SpatialPadd
 from torch import nn
 
-from scripts.sampler import mri_scale, pet_scale
+from scripts.normalise import PET_SCALE_KEY, NormaliseStudyd
+from scripts.sampler import slice_stack
 
 DOSE_KEY = "pet_drf{}"
 PATH_SUFFIXES = (".nii", ".nii.gz", ".json", ".npy", ".npz")
@@ -72,40 +73,14 @@ def _is_relative_path(key: str, value) -> bool:
     return isinstance(value, str) and value.endswith(PATH_SUFFIXES) and not os.path.isabs(value)
 
 
-class NormaliseStudyd(MapTransform):
-    """Divide the PET images of a study by the low-dose PET's scale and the MRI by its own (``scripts.sampler``).
-
-    The scale is stored under ``"pet_scale"`` so outputs can be put back into activity units exactly.
-
-    Args:
-        pet_keys: PET images to divide by the scale of ``pet_low_dose_key`` (the low-dose image included).
-        pet_low_dose_key: key of the low-dose PET.
-        mri_key: key of the T1 MRI (``None``: no MRI).
-    """
-
-    def __init__(self, pet_keys: Sequence[str], pet_low_dose_key: str = "pet_low_dose", mri_key: str | None = "mri_t1"):
-        super().__init__(list(pet_keys) + ([mri_key] if mri_key else []))
-        self.pet_keys = list(pet_keys)
-        self.pet_low_dose_key = pet_low_dose_key
-        self.mri_key = mri_key
-
-    def __call__(self, data: dict) -> dict:
-        d = dict(data)
-        scale = pet_scale(d[self.pet_low_dose_key])
-        for key in self.pet_keys:
-            d[key] = d[key] / scale
-        if self.mri_key:
-            d[self.mri_key] = d[self.mri_key] / mri_scale(d[self.mri_key])
-        d["pet_scale"] = scale
-        return d
-
-
 class PETSliceDataset(Randomizable, torch.utils.data.Dataset):
     """Random axial training slices of cached volumes, normalised per study as at inference.
 
     Every volume is loaded once. An item is one axial slice of one subject that holds enough brain; each time it is
     drawn it gets a dose level chosen at random among the subject's ``drfs`` and a random crop (centred on a random
-    brain voxel of the slice, kept inside the image; zero-padded when the image is smaller than the crop).
+    brain voxel of the slice, kept inside the image; zero-padded when the image is smaller than the crop: MONAI's
+    ``SpatialPadd`` and ``RandCropByPosNegLabeld``). Slices are stacked with ``scripts.sampler.slice_stack``, as at
+    inference.
 
     Args:
         data: records from :func:`load_cohort` (keys ``t1``, ``pet_sd``, ``pet_drf{K}``, ``brain_mask``, ``drfs``).
@@ -131,24 +106,27 @@ class PETSliceDataset(Randomizable, torch.utils.data.Dataset):
         self.context_slices = int(context_slices)
         self.patch_size = None if patch_size is None else tuple(int(p) for p in patch_size)
         self.set_random_state(seed=seed)
+        if self.patch_size is not None:  # a random window centred on a brain voxel, inside the (zero-padded) slice
+            keys = ["pet_low_dose", "mri_t1", "pet_standard_dose", "brain_mask"]
+            self.pad = SpatialPadd(keys, self.patch_size)
+            self.crop = RandCropByPosNegLabeld(keys, "brain_mask", self.patch_size, pos=1.0, neg=0.0)
+            self.crop.set_random_state(state=self.R)
         loader = LoadImage(image_only=True, dtype=np.float32)
+        normalise = NormaliseStudyd(["pet_low_dose"], "pet_low_dose", "mri_t1")  # as at inference
         self.studies = []
         self.items: list[tuple[int, int]] = []
         for record in data:
             mask = np.asarray(loader(record["brain_mask"])) > 0
-            mri = np.asarray(loader(record["t1"]))
+            mri = torch.from_numpy(np.asarray(loader(record["t1"])))
             standard_dose = np.asarray(loader(record["pet_sd"]))
-            low_doses, scales = {}, {}
-            for drf in record["drfs"]:
-                low_dose = np.asarray(loader(record[DOSE_KEY.format(drf)]))
-                scales[drf] = pet_scale(low_dose)
-                low_doses[drf] = torch.from_numpy(low_dose / scales[drf])
+            doses = {drf: torch.from_numpy(np.asarray(loader(record[DOSE_KEY.format(drf)]))) for drf in record["drfs"]}
+            doses = {drf: normalise({"pet_low_dose": low_dose, "mri_t1": mri}) for drf, low_dose in doses.items()}
             study = {
                 "id": record.get("id", ""),
-                "mri_t1": torch.from_numpy(mri / mri_scale(mri)),
+                "mri_t1": next(iter(doses.values()))["mri_t1"],  # the MRI's own scale, the same for every dose
                 "pet_standard_dose": torch.from_numpy(standard_dose),
-                "pet_low_dose": low_doses,
-                "pet_scale": scales,
+                "pet_low_dose": {drf: dose["pet_low_dose"] for drf, dose in doses.items()},
+                "pet_scale": {drf: dose[PET_SCALE_KEY] for drf, dose in doses.items()},
                 "brain_mask": mask,
             }
             index = len(self.studies)
@@ -164,39 +142,21 @@ class PETSliceDataset(Randomizable, torch.utils.data.Dataset):
     def randomize(self, data=None) -> None:
         pass
 
-    def _slices(self, volume: torch.Tensor, k: int) -> torch.Tensor:
-        depth = volume.shape[-1]
-        index = [min(max(k + o, 0), depth - 1) for o in range(-self.context_slices, self.context_slices + 1)]
-        return volume[..., index].permute(2, 0, 1)  # (C, H, W)
-
-    def _crop_box(self, mask_slice: np.ndarray) -> tuple[slice, slice, tuple[int, int, int, int]]:
-        """Random crop window (and the zero padding needed when the image is smaller than the crop)."""
-        height, width = mask_slice.shape
-        crop_h, crop_w = self.patch_size
-        rows, cols = np.nonzero(mask_slice)
-        pick = self.R.randint(len(rows)) if len(rows) else None
-        centre = (rows[pick], cols[pick]) if pick is not None else (height // 2, width // 2)
-        bounds = []
-        for c, size, crop in zip(centre, (height, width), (crop_h, crop_w)):
-            start = int(np.clip(c - crop // 2, 0, max(size - crop, 0)))
-            bounds.append(slice(start, start + crop))
-        pad_h, pad_w = max(crop_h - height, 0), max(crop_w - width, 0)
-        return bounds[0], bounds[1], (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
-
     def __getitem__(self, index: int) -> dict:
         study_index, k = self.items[index]
         study = self.studies[study_index]
         drf = int(self.R.choice(list(study["pet_low_dose"])))
         scale = study["pet_scale"][drf]
         item = {
-            "pet_low_dose": self._slices(study["pet_low_dose"][drf], k),
-            "mri_t1": self._slices(study["mri_t1"], k),
+            "pet_low_dose": slice_stack(study["pet_low_dose"][drf][None, None], self.context_slices, [k])[0],
+            "mri_t1": slice_stack(study["mri_t1"][None, None], self.context_slices, [k])[0],
             "pet_standard_dose": study["pet_standard_dose"][..., k][None] / scale,
         }
         if self.patch_size is not None:
-            rows, cols, pad = self._crop_box(study["brain_mask"][..., k])
-            item = {key: nn.functional.pad(v[:, rows, cols], pad) for key, v in item.items()}
-        item = {key: v.float().contiguous() for key, v in item.items()}
+            item["brain_mask"] = torch.from_numpy(study["brain_mask"][..., k][None])
+            item = self.crop(self.pad(item))[0]
+            item.pop("brain_mask")
+        item = {key: _as_tensor(v, None, False).float().contiguous() for key, v in item.items()}
         item.update(dose_reduction_factor=drf, id=study["id"])
         return item
 

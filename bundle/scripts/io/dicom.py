@@ -24,10 +24,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from ..constants import LPS_TO_RAS
 from .errors import StudyError
 from .writers import atomic_directory
 
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 #: relative tolerance on the distance between consecutive slices
 SPACING_TOLERANCE = 0.01
 
@@ -270,6 +270,17 @@ def _bqml_to_suv(series: DicomSeries) -> tuple[float, str]:
     )
 
 
+def encode_int16(plane: np.ndarray) -> tuple[np.ndarray, str]:
+    """Signed 16-bit pixels of a float image slice and their RescaleSlope (a DICOM DS string; intercept 0).
+
+    The slope maps the slice's largest magnitude to 32767, so each slice keeps its full 16-bit precision.
+    """
+    plane = np.asarray(plane, dtype=np.float64)
+    peak = float(np.max(np.abs(plane))) if plane.size else 0.0
+    slope = f"{peak / 32767.0:.10g}" if peak > 0 else "1"
+    return np.clip(np.round(plane / float(slope)), -32768, 32767).astype(np.int16), slope
+
+
 def write_derived_series(
     volume: np.ndarray,
     source: DicomSeries | list[str],
@@ -345,12 +356,10 @@ def _derived_slice(
     ds.Units = units
     now = datetime.datetime.now()
     ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-    peak = float(np.max(np.abs(pixels))) if pixels.size else 0.0
-    slope = float(f"{peak / 32767.0:.10g}") if peak > 0 else 1.0
-    stored = np.clip(np.round(pixels / slope), -32768, 32767).astype(np.int16)
+    stored, slope = encode_int16(pixels)
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-    ds.RescaleSlope, ds.RescaleIntercept = f"{slope:.10g}", "0"
+    ds.RescaleSlope, ds.RescaleIntercept = slope, "0"
     ds.PixelData = stored.tobytes()
     ds["PixelData"].VR = "OW"
     meta = FileMetaDataset()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,15 +19,10 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 MAX_NEGATIVE_FRACTION = 0.05
 
 
-_NIFTI_LOADER: LoadImage | None = None
-
-
+@functools.cache
 def _nifti_loader() -> LoadImage:
     """One shared ``LoadImage`` (building one registers every reader and logs codec warnings each time)."""
-    global _NIFTI_LOADER
-    if _NIFTI_LOADER is None:
-        _NIFTI_LOADER = LoadImage(reader="NibabelReader", image_only=True, dtype=np.float32)
-    return _NIFTI_LOADER
+    return LoadImage(reader="NibabelReader", image_only=True, dtype=np.float32)
 
 
 @dataclass
