@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from monai.data import MetaTensor
 from monai.engines import PrepareBatch, SupervisedEvaluator
 from monai.utils import convert_to_tensor
 from torch import nn
@@ -105,7 +106,12 @@ class StudyPrepareBatch(PrepareBatch):
         inputs = (inputs if self.batched else inputs[None]).to(device=device, non_blocking=non_blocking, **kwargs)
         drf = batchdata.get(self.drf_key)
         drf = int(drf[0]) if isinstance(drf, (list, torch.Tensor)) else drf  # collated: one value per batch
-        return inputs, None, (), {"dose_reduction_factor": drf}
+        pet = batchdata[self.pet_key]
+        spacing = None
+        if isinstance(pet, MetaTensor):  # a batch shares one grid here: the first study's voxel size
+            pixdim = pet.pixdim[0] if pet.is_batch else pet.pixdim
+            spacing = [float(v) for v in pixdim[:3]]
+        return inputs, None, (), {"dose_reduction_factor": drf, "voxel_size_mm": spacing}
 
 
 class StudyEnhancer(SupervisedEvaluator):

@@ -14,6 +14,7 @@ noise drawn per volume.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -21,6 +22,8 @@ from monai.inferers import Inferer
 from monai.networks.schedulers import DDPMScheduler
 from torch import nn
 from tqdm import tqdm
+
+from scripts.consistency import head_mask, low_frequency_consistency, physical_activity
 
 NUM_TRAIN_TIMESTEPS = 1000
 
@@ -83,6 +86,8 @@ class DDIMVolumeSampler(Inferer):
         context_slices: neighbouring slices each side given to the network (must match the network).
         progress: show a progress bar.
         use_mri: ``False`` ignores an MRI channel and runs the network's MRI-free path.
+        consistency_fwhm_mm: FWHM (mm) of the low-frequency data consistency with the low-dose image
+            (``scripts.consistency``); ``None`` or 0: off. Needs the study's voxel size (``voxel_size_mm`` keyword).
     """
 
     def __init__(
@@ -95,6 +100,7 @@ class DDIMVolumeSampler(Inferer):
         context_slices: int = 0,
         progress: bool = True,
         use_mri: bool = True,
+        consistency_fwhm_mm: float | None = None,
     ) -> None:
         super().__init__()
         if num_samples < 1 or slice_batch_size < 1:
@@ -108,6 +114,7 @@ class DDIMVolumeSampler(Inferer):
         self.context_slices = context_slices
         self.progress = progress
         self.use_mri = use_mri
+        self.consistency_fwhm_mm = float(consistency_fwhm_mm or 0.0)
         self.alphas_cumprod = make_noise_scheduler().alphas_cumprod.double()
         self.network_calls = 0
 
@@ -141,19 +148,34 @@ class DDIMVolumeSampler(Inferer):
         return torch.cat(studies).to(inputs.device)
 
     def sample_study(
-        self, network: nn.Module, pet_low_dose: torch.Tensor, mri_t1: torch.Tensor | None = None, **kwargs: Any
+        self,
+        network: nn.Module,
+        pet_low_dose: torch.Tensor,
+        mri_t1: torch.Tensor | None = None,
+        voxel_size_mm: Sequence[float] | None = None,
+        **kwargs: Any,
     ) -> torch.Tensor:
         """One study: ``(1, 1, H, W, D)`` normalised PET (and MRI, or ``None``) -> ``(1, 2, H, W, D)`` [mean, SD].
 
-        Per-study steps around sampling belong here (e.g. clamping activity at 0, a data-consistency step against
-        ``pet_low_dose``, masking the SD outside the head, or a dose input from ``kwargs["dose_reduction_factor"]``).
+        Each sample takes the low-dose image's low frequencies (when ``consistency_fwhm_mm`` is set); the mean is
+        clipped at zero activity; the SD is zero outside the head (``scripts.consistency.head_mask``).
         """
-        mean, std = self._sample(network, pet_low_dose, mri_t1)
+        samples = self._sample(network, pet_low_dose, mri_t1)  # (S, 1, 1, H, W, D)
+        if self.consistency_fwhm_mm > 0:
+            if voxel_size_mm is None:
+                raise ValueError("the low-frequency consistency needs the study's voxel size (voxel_size_mm)")
+            fwhm = [self.consistency_fwhm_mm / float(v) for v in voxel_size_mm]
+            low_dose = pet_low_dose[0].float().cpu()
+            samples = torch.stack([low_frequency_consistency(s[0], low_dose, fwhm)[None] for s in samples])
+        mean = physical_activity(samples.mean(dim=0))
+        if self.num_samples > 1:
+            std = samples.std(dim=0, unbiased=False) * head_mask(pet_low_dose[0].float().cpu())[None]
+        else:
+            std = torch.zeros_like(mean)
         return torch.cat([mean, std], dim=1)
 
-    def _sample(
-        self, network: nn.Module, pet_low_dose: torch.Tensor, mri_t1: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sample(self, network: nn.Module, pet_low_dose: torch.Tensor, mri_t1: torch.Tensor | None) -> torch.Tensor:
+        """The ``num_samples`` chains' final x0 estimates, ``(S, 1, 1, H, W, D)``."""
         module = getattr(network, "module", network)  # DDP / DataParallel wrap the network
         mri_free = mri_t1 is None
         if mri_free and not getattr(module, "supports_mri_free", False):
@@ -188,10 +210,7 @@ class DDIMVolumeSampler(Inferer):
             samples.append(result)
         bar.close()
         stacked = torch.stack(samples)[:, :, 0, pad[2] : pad[2] + height, pad[0] : pad[0] + width]  # (S, D, H, W)
-        volume = stacked.permute(0, 2, 3, 1)[:, None, None]  # (S, 1, 1, H, W, D)
-        mean = volume.mean(dim=0)
-        std = volume.std(dim=0, unbiased=False) if self.num_samples > 1 else torch.zeros_like(mean)
-        return mean, std
+        return stacked.permute(0, 2, 3, 1)[:, None, None]  # (S, 1, 1, H, W, D)
 
     def _chain(self, network, ld, mri, ld_centre, noise, mri_free: bool) -> torch.Tensor:
         """Run one DDIM chain on a batch of slices; returns the final x0 estimate ``(B, 1, H, W)``."""
