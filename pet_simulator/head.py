@@ -49,7 +49,7 @@ def add_face_and_neck(
     x, y, z = _world_grids(tissue.shape, affine)
     cx, cy, cz = (float(g[brain_mask > 0].mean()) for g in (x, y, z))
     x, y, z = (x - cx) / size, (y - cy) / size, z - cz
-    top = -35.0 * size  # orbitofrontal level relative to the brain centroid
+    top = -22.0 * size  # orbitofrontal level relative to the brain centroid
     lower = z < top
     face = lower & ((x / 58.0) ** 2 + ((y - 65.0) / 55.0) ** 2 < 1.0)
     neck = lower & ((x / 60.0) ** 2 + ((y + 5.0) / 58.0) ** 2 < 1.0)
@@ -65,10 +65,10 @@ def add_face_and_neck(
     out[deep & lower & (r_face > 0.8) & (r_face < 0.95) & (y > 20.0)] = TISSUE_CODES["bone"]
     out[deep & lower & (x**2 + (y + 30.0) ** 2 < 11.0**2)] = TISSUE_CODES["bone"]  # cervical spine
     out[deep & lower & (x**2 + (y - 20.0) ** 2 < 8.0**2)] = TISSUE_CODES["air"]  # pharynx
-    nasal = (np.abs(x) < 14.0) & (y > 60.0) & (y < 100.0) & (z < top + 20.0) & (z > top - 25.0)
+    nasal = (x / 14.0) ** 2 + ((y - 80.0) / 22.0) ** 2 + ((z - top + 20.0) / 22.0) ** 2 < 1.0
     out[free & (depth > skin_mm) & nasal] = TISSUE_CODES["air"]
     for side in (-1.0, 1.0):
-        eye = (x - side * 32.0) ** 2 + (y - 80.0) ** 2 + (z - top + 5.0) ** 2 < 12.0**2
+        eye = (x - side * 32.0) ** 2 + (y - 80.0) ** 2 + (z - top + 2.0) ** 2 < 12.0**2
         out[free & eye] = TISSUE_CODES["eye"]
     return out, {"head_scale": size, "skin_mm": skin_mm}
 
