@@ -22,7 +22,7 @@ from .acquisition import Scanner, ScannerConfig, downsample_2x, log_uniform
 from .activity import absolute_scale, attenuation_map, relative_uptake
 from .anatomy import load_template_anatomy, mri_appearance, warp_anatomy, warp_anatomy_fine
 from .atrophy import apply_atrophy, draw_atrophy
-from .head import add_face_and_neck, mu_from_tissue, whole_head_t1
+from .head import add_face_and_neck, extend_mu, whole_head_t1
 from .heterogeneity import uptake_heterogeneity
 from .lesions import draw_lesions
 
@@ -144,7 +144,7 @@ def simulate_subject(
     mu_sim, tissue, mu_params = attenuation_map(anat["brain_mask"], float(sim_voxel_mm), rng)
     if face_neck:
         head, feature_params["head"] = add_face_and_neck(tissue, anat["brain_mask"], anat["affine"], rng_head)
-        mu_sim = np.where((tissue == 0) & (head > 0), mu_from_tissue(head), mu_sim).astype(np.float32)
+        mu_sim = extend_mu(mu_sim, tissue, head)
         tissue = head
     if whole_head:
         t1_head = whole_head_t1(anat2["t1"], anat2["brain_mask"], tissue[::step, ::step, ::step], rng_head)

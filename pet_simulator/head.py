@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["TISSUE_CODES", "add_face_and_neck", "whole_head_t1", "mu_from_tissue"]
+__all__ = ["TISSUE_CODES", "add_face_and_neck", "whole_head_t1", "mu_from_tissue", "extend_mu"]
 
 TISSUE_CODES = {"skull": 1, "scalp": 2, "soft_tissue": 3, "bone": 4, "air": 5, "eye": 6}
 # T1 intensity of each tissue relative to white matter (T1-weighted gradient echo): fat-rich scalp and marrow bright,
@@ -68,8 +68,8 @@ def add_face_and_neck(
     nasal = (x / 14.0) ** 2 + ((y - 80.0) / 22.0) ** 2 + ((z - top + 20.0) / 22.0) ** 2 < 1.0
     out[free & (depth > skin_mm) & nasal] = TISSUE_CODES["air"]
     for side in (-1.0, 1.0):
-        eye = (x - side * 32.0) ** 2 + (y - 80.0) ** 2 + (z - top + 2.0) ** 2 < 12.0**2
-        out[free & eye] = TISSUE_CODES["eye"]
+        eye = (x - side * 32.0) ** 2 + (y - 95.0) ** 2 + (z - top + 2.0) ** 2 < 12.0**2
+        out[eye & (free | (out == TISSUE_CODES["scalp"]))] = TISSUE_CODES["eye"]
     return out, {"head_scale": size, "skin_mm": skin_mm}
 
 
@@ -79,6 +79,11 @@ def mu_from_tissue(tissue: np.ndarray) -> np.ndarray:
     lut[[1, 4]] = MU_BONE
     lut[[2, 3, 6]] = MU_TISSUE
     return lut[tissue]
+
+
+def extend_mu(mu: np.ndarray, shells: np.ndarray, tissue: np.ndarray) -> np.ndarray:
+    """The shell mu-map of :func:`pet_simulator.activity.attenuation_map` plus the face and neck of ``tissue``."""
+    return np.where((shells == 0) & (tissue > 0), mu_from_tissue(tissue), mu).astype(np.float32)
 
 
 def whole_head_t1(t1_brain: np.ndarray, brain_mask: np.ndarray, tissue: np.ndarray, rng: np.random.Generator):
