@@ -187,8 +187,10 @@ def simulate_subject(
         noisy = scanner.poisson(data["prompts"], rng, float(drf))
         images[f"pet_drf{_drf_name(drf)}"] = scanner.reconstruct(noisy, data, recon_fwhm, float(drf))
     if extra_drf is not None:
+        t_extra = time.perf_counter()
         noisy = scanner.poisson(data["prompts"], rng_extra, float(extra_drf))
         images["pet_drf_random"] = scanner.reconstruct(noisy, data, recon_fwhm, float(extra_drf))
+        feature_params["seconds_drf_random"] = time.perf_counter() - t_extra
         feature_params["drf_random"] = float(extra_drf)
         feature_params["counts_drf_random"] = sd_counts / float(extra_drf)
     seed_list = [int(s) for s in np.atleast_1d(np.asarray(seed))]
