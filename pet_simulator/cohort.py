@@ -152,7 +152,7 @@ def simulate_subject(
     rel, uptake_params = relative_uptake(anat, rng, ad_severity=ad_severity, skull_scalp=tissue)
     if heterogeneity_range is not None:
         field, feature_params["heterogeneity"] = uptake_heterogeneity(
-            anat["brain_mask"], float(sim_voxel_mm), rng_field, tuple(heterogeneity_range), heterogeneity_scales_mm
+            anat, rng_field, tuple(heterogeneity_range), tuple(heterogeneity_scales_mm)
         )
         rel = rel * field
     lesion_mask = np.zeros(shape2, dtype=np.uint8)

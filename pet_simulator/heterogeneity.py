@@ -11,11 +11,7 @@ __all__ = ["uptake_heterogeneity"]
 
 
 def uptake_heterogeneity(
-    brain_mask: np.ndarray,
-    voxel_mm: float,
-    rng: np.random.Generator,
-    amplitude_range: tuple[float, float] = (0.05, 0.15),
-    scales_mm: tuple[float, float] = (8.0, 30.0),
+    anatomy: dict[str, np.ndarray], rng: np.random.Generator, amplitude_range=(0.05, 0.15), scales_mm=(8.0, 30.0)
 ) -> tuple[np.ndarray, dict]:
     """Multiplicative field ``1 + amplitude * g``: ``g`` a Gaussian random field of unit SD inside the brain.
 
@@ -24,8 +20,7 @@ def uptake_heterogeneity(
     atlas regions independently of the anatomy.
 
     Args:
-        brain_mask: (X, Y, Z) brain mask (where the SD is normalised).
-        voxel_mm: voxel size in mm.
+        anatomy: dict with ``brain_mask`` (where the SD is normalised) and ``affine`` (voxel size).
         rng: numpy generator (amplitude, scales, noise).
         amplitude_range: range of the field SD (relative uptake change), drawn uniformly.
         scales_mm: range of the smoothing FWHM in mm.
@@ -36,6 +31,7 @@ def uptake_heterogeneity(
     amplitude = float(rng.uniform(*amplitude_range))
     mid = 0.5 * (scales_mm[0] + scales_mm[1])
     fine_mm, coarse_mm = float(rng.uniform(scales_mm[0], mid)), float(rng.uniform(mid, scales_mm[1]))
+    brain_mask, voxel_mm = anatomy["brain_mask"], float(abs(anatomy["affine"][0, 0]))
     inside = brain_mask > 0
     field = np.zeros(brain_mask.shape, dtype=np.float32)
     for fwhm in (fine_mm, coarse_mm):

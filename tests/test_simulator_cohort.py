@@ -18,20 +18,10 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
 
 
-def _generate(out, cache, split_fractions=(1.0, 0.0, 0.0)):
-    return generate_cohort(
-        out,
-        num_subjects=1,
-        seed=7,
-        dose_reduction_factors=[10],
-        split_fractions=split_fractions,
-        scanner_config=TINY,
-        cache_dir=cache,
-        qc=False,
-        progress=False,
-        whole_head_fraction=1.0,
-        lesion_fraction=1.0,
-    )
+def _generate(out, cache, **overrides):
+    kwargs = dict(num_subjects=1, seed=7, dose_reduction_factors=[10], split_fractions=(1.0, 0.0, 0.0))
+    kwargs.update(whole_head_fraction=1.0, lesion_fraction=1.0, scanner_config=TINY, qc=False, progress=False)
+    return generate_cohort(out, cache_dir=cache, **{**kwargs, **overrides})
 
 
 def test_same_seed_same_bytes_and_resume(tmp_path, cache):
@@ -70,19 +60,7 @@ def test_same_seed_same_bytes_and_resume(tmp_path, cache):
     assert marker.stat().st_mtime_ns == mtime
     # a finished subject simulated with other features is not silently relabelled
     with pytest.raises(ValueError, match="sub-0001_params.json: simulated with t1_whole_head=True"):
-        generate_cohort(
-            tmp_path / "a",
-            num_subjects=1,
-            seed=7,
-            dose_reduction_factors=[10],
-            split_fractions=(1, 0, 0),
-            scanner_config=TINY,
-            cache_dir=cache,
-            qc=False,
-            progress=False,
-            whole_head_fraction=0.0,
-            lesion_fraction=1.0,
-        )
+        _generate(tmp_path / "a", cache, whole_head_fraction=0.0)
 
 
 @pytest.mark.parametrize("num_subjects", range(3, 13))

@@ -104,7 +104,7 @@ def test_continuous_drf_noise_lies_between_the_fixed_levels(subjects):
 
 
 def test_heterogeneity_has_the_requested_amplitude_within_regions_and_is_unrelated_to_the_t1(template):
-    field, params = uptake_heterogeneity(template["brain_mask"], 2.0, np.random.default_rng(5), (0.1, 0.1))
+    field, params = uptake_heterogeneity(template, np.random.default_rng(5), (0.1, 0.1))
     brain = template["brain_mask"] > 0
     assert params["heterogeneity_sd"] == 0.1
     assert float(field[brain].std()) == pytest.approx(0.1, rel=0.1)
