@@ -582,6 +582,10 @@ def _simulate_and_save(plan: dict, job: dict) -> tuple[str, float]:
         from .qc import qc_figure
 
         (out / "qc").mkdir(exist_ok=True)
-        qc_figure(images, out / "qc" / f"{plan['id']}_qc.png", title=f"{plan['id']} {params['group']}")
+        title = f"{plan['id']} {params['group']} severity {params['ad_severity']:.2f}"
+        title += ", whole-head T1" if params["t1_whole_head"] else ", skull-stripped T1"
+        title += f", {len(params['lesions'])} lesion(s) (red)" if params["lesions"] else ""
+        title += f", random DRF {plan['drf_random']}" if plan["drf_random"] is not None else ""
+        qc_figure(images, out / "qc" / f"{plan['id']}_qc.png", title=title)
     save_subject(images, params, out, plan["id"])
     return plan["id"], float(params["seconds_simulation"])
