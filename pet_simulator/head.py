@@ -51,7 +51,8 @@ def add_face_and_neck(
     x, y, z = (x - cx) / size, (y - cy) / size, z - cz
     top = -22.0 * size  # orbitofrontal level relative to the brain centroid
     lower = z < top
-    face = lower & ((x / 58.0) ** 2 + ((y - 65.0) / 55.0) ** 2 < 1.0)
+    taper = 0.6 + 0.4 * np.sqrt(np.clip((top - z) / 25.0, 0.0, 1.0))  # the face narrows towards the forehead
+    face = lower & ((x / (58.0 * taper)) ** 2 + ((y - 65.0) / (55.0 * taper)) ** 2 < 1.0)
     neck = lower & ((x / 60.0) ** 2 + ((y + 5.0) / 58.0) ** 2 < 1.0)
     outline = face | neck | (tissue > 0) | (brain_mask > 0)
     outline = ndimage.binary_closing(outline, iterations=2) | outline

@@ -21,6 +21,9 @@ def draw_lesions(
 ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """Draw 1-3 lesions: irregular blobs (a sphere whose radius varies +-15 % with direction) with a soft edge.
 
+    Blobs are confined to brain tissue (GM + WM > 0.01): a lesion at the cortical surface does not spill into the
+    skull or scalp.
+
     Each lesion multiplies the activity by its contrast (hot: ``hot_contrast``; cold: ``1 - cold_reduction``), so
     its true contrast is relative to the lesion-free uptake of the same voxels.
 
@@ -55,8 +58,8 @@ def draw_lesions(
         dist = np.sqrt(sum(g.astype(np.float32) ** 2 for g in grids)) * voxel_mm
         wobble = ndimage.gaussian_filter(rng.standard_normal(dist.shape).astype(np.float32), 1.5, mode="wrap")
         radius = 0.5 * diameter * (1.0 + 0.15 * wobble / max(float(wobble.std()), 1e-6))
-        cover = np.clip((radius - dist) / voxel_mm + 0.5, 0.0, 1.0)
         box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        cover = np.clip((radius - dist) / voxel_mm + 0.5, 0.0, 1.0) * ((gm[box] + wm[box]) > 0.01)  # brain tissue
         factor[box] *= 1.0 + (contrast - 1.0) * cover
         mask[box][cover > 0.5] = k + 1
         world = (affine @ np.append(centre, 1.0))[:3]
