@@ -52,6 +52,9 @@ def main() -> None:
             "severity": rec["ad_severity"],
             "counts": params["counts"],
             "psf": params["psf_fwhm_mm"],
+            "whole_head": bool(rec.get("t1_whole_head", False)),
+            "lesions": params.get("lesions", []),
+            "drf_random": rec.get("drf_random"),
         }
         row["suvr_truth"] = suvr(truth, labels, affine)
         for key in ["pet_sd"] + [f"pet_drf{d}" for d in drfs]:
@@ -60,6 +63,15 @@ def main() -> None:
             row[f"suvr_{key}"] = suvr(img, labels, affine)
         rows.append(row)
     keys = ["pet_sd"] + [f"pet_drf{d}" for d in drfs]
+    lesions = [les for r in rows for les in r["lesions"]]
+    random_drfs = [r["drf_random"] for r in rows if r["drf_random"] is not None]
+    print(
+        f"\n{len(rows)} subjects: whole-head T1 {sum(r['whole_head'] for r in rows)}, with lesions "
+        f"{sum(bool(r['lesions']) for r in rows)} ({sum(les['kind'] == 'hot' for les in lesions)} hot, "
+        f"{sum(les['kind'] == 'cold' for les in lesions)} cold lesions); PSF FWHM "
+        f"{min(r['psf'] for r in rows):.2f}-{max(r['psf'] for r in rows):.2f} mm"
+        + (f"; random DRF {min(random_drfs):.1f}-{max(random_drfs):.1f}" if random_drfs else "")
+    )
     print("\nWM noise std(image - noise-free)/mean, median [min, max] over subjects (own counts 5e7-2e8):")
     for key in keys:
         v = np.array([r[f"noise_{key}"] for r in rows])

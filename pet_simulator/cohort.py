@@ -6,6 +6,7 @@ which other subjects were generated, and a rerun skips subjects whose ``params.j
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import logging
@@ -22,6 +23,10 @@ from scripts.io.writers import atomic_path
 from .acquisition import Scanner, ScannerConfig, downsample_2x, log_uniform
 from .activity import absolute_scale, attenuation_map, relative_uptake
 from .anatomy import load_template_anatomy, mri_appearance, warp_anatomy, warp_anatomy_fine
+from .atrophy import apply_atrophy, draw_atrophy
+from .head import add_face_and_neck, extend_mu, whole_head_t1
+from .heterogeneity import uptake_heterogeneity
+from .lesions import draw_lesions
 
 __all__ = [
     "simulate_subject",
@@ -63,14 +68,25 @@ def simulate_subject(
     dose_reduction_factors: Sequence[float] = (4, 20, 50, 100),
     sim_voxel_mm: int = 2,
     counts_range: tuple[float, float] = (5e7, 2e8),
-    psf_fwhm_range_mm: tuple[float, float] = (3.5, 6.0),
+    psf_fwhm_range_mm: tuple[float, float] = (3.5, 7.0),
     scanner: Scanner | None = None,
     scanner_config: ScannerConfig | None = None,
     cache_dir: str | os.PathLike | None = None,
     counts: float | None = None,
     warp: bool = True,
+    heterogeneity_range: Sequence[float] | None = (0.05, 0.15),
+    heterogeneity_scales_mm: Sequence[float] = (8.0, 30.0),
+    lesions: bool = False,
+    whole_head: bool = False,
+    face_neck: bool = True,
+    atrophy: bool = True,
+    extra_drf: float | None = None,
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Simulate one subject: warped anatomy, T1, true activity, SD / LD / noise-free OSEM reconstructions.
+
+    The features added after the first cohort (atrophy, face and neck, heterogeneity, lesions, extra DRF) draw from
+    their own child seeds, so with all of them off the subject is the one the first simulator made from this seed,
+    and switching one of them does not change the draws of the others (a lesion does not change the T1).
 
     Args:
         seed: integer or integer sequence (numpy SeedSequence entropy) for this subject.
@@ -84,41 +100,69 @@ def simulate_subject(
         cache_dir: template cache folder.
         counts: fixed standard-dose counts (overrides ``counts_range``; benchmarks).
         warp: apply the random anatomy warp (False: template anatomy; benchmarks).
+        heterogeneity_range: range of the SD of the multiplicative uptake field (None: no field).
+        heterogeneity_scales_mm: range of its correlation lengths (Gaussian FWHM).
+        lesions: add 1-3 PET-only hot or cold lesions.
+        whole_head: return a whole-head T1 (skull, scalp, face, neck) instead of a skull-stripped one.
+        face_neck: extend the head (mu-map, scalp uptake, whole-head T1) with a face and neck below the brain.
+        atrophy: cortical thinning and ventricular enlargement (AD: with severity; CN: mild, age-like).
+        extra_drf: one more low-dose image at this dose reduction factor (key ``pet_drf_random``).
 
     Returns:
         (images, params): images on the 2 mm grid: ``t1``, ``pet_truth``, ``pet_sd``, ``pet_sd_noisefree``,
-        ``pet_drf{K}``, ``labels``, ``brain_mask``, ``affine``; params is a JSON-serialisable dict.
+        ``pet_drf{K}``, ``labels``, ``brain_mask``, ``lesion_mask``, ``affine`` (and ``pet_drf_random``); params is a
+        JSON-serialisable dict.
     """
     t0 = time.perf_counter()
     ss = np.random.SeedSequence(seed)
     warp_seed, rng_seed = ss.generate_state(2)
     rng = np.random.default_rng(rng_seed)
+    rng_atrophy, rng_head, rng_field, rng_lesion, rng_extra = (np.random.default_rng(c) for c in ss.spawn(5))
     template2 = load_template_anatomy(2, cache_dir)
+    shape2 = template2["t1"].shape
     if sim_voxel_mm == 2:
         anat = warp_anatomy(template2, int(warp_seed)) if warp else dict(template2)
-        anat2 = anat
     else:
         template1 = load_template_anatomy(1, cache_dir)
-        shape2 = template2["t1"].shape
         anat = warp_anatomy_fine(template1, shape2, int(warp_seed)) if warp else dict(template1)
-        anat2 = {k: downsample_2x(anat[k], shape2) for k in ("t1", "gm", "wm", "csf")}
-        anat2["labels"] = np.ascontiguousarray(anat["labels"][::2, ::2, ::2])
-        anat2["brain_mask"] = (downsample_2x(anat["brain_mask"].astype(np.float32), shape2) > 0.5).astype(np.uint8)
-        anat2["affine"] = template2["affine"].copy()
+    feature_params = {}
+    if atrophy:
+        feature_params["atrophy"] = draw_atrophy(ad_severity, rng_atrophy)
+        anat = apply_atrophy(anat, **feature_params["atrophy"])
+    anat2 = anat if sim_voxel_mm == 2 else _to_recon_grid(anat, template2["affine"])
     if scanner is None:
-        scanner = Scanner(template2["t1"].shape, sim_voxel_mm, scanner_config)
+        scanner = Scanner(shape2, sim_voxel_mm, scanner_config)
     elif scanner.sim_voxel_mm != sim_voxel_mm:
         raise ValueError(f"scanner simulates at {scanner.sim_voxel_mm} mm, requested sim_voxel_mm={sim_voxel_mm}")
+    step = 2 if sim_voxel_mm == 1 else 1  # 2 mm voxel j is 1 mm voxel 2j
+    rng_mri = copy.deepcopy(rng)  # the MRI appearance draws, reused for a whole-head T1
     t1, mri_params = mri_appearance(anat2["t1"], anat2["brain_mask"], rng)
     mu_sim, tissue, mu_params = attenuation_map(anat["brain_mask"], float(sim_voxel_mm), rng)
+    if face_neck:
+        head, feature_params["head"] = add_face_and_neck(tissue, anat["brain_mask"], anat["affine"], rng_head)
+        mu_sim = extend_mu(mu_sim, tissue, head)
+        tissue = head
+    if whole_head:
+        t1_head = whole_head_t1(anat2["t1"], anat2["brain_mask"], tissue[::step, ::step, ::step], rng_head)
+        t1, mri_params = mri_appearance(t1_head, anat2["brain_mask"], rng_mri)
     rel, uptake_params = relative_uptake(anat, rng, ad_severity=ad_severity, skull_scalp=tissue)
+    if heterogeneity_range is not None:
+        field, feature_params["heterogeneity"] = uptake_heterogeneity(
+            anat, rng_field, tuple(heterogeneity_range), tuple(heterogeneity_scales_mm)
+        )
+        rel = rel * field
+    lesion_mask = np.zeros(shape2, dtype=np.uint8)
+    if lesions:
+        factor, mask_sim, feature_params["lesions"] = draw_lesions(anat["gm"], anat["wm"], anat["affine"], rng_lesion)
+        rel = rel * factor
+        lesion_mask = np.ascontiguousarray(mask_sim[::step, ::step, ::step])
     scale = absolute_scale(rng)
     activity = rel * scale["bq_ml_per_unit"]
     if sim_voxel_mm == 2:
         truth, mu_recon = activity, mu_sim
     else:
-        truth = downsample_2x(activity, template2["t1"].shape)
-        mu_recon = downsample_2x(mu_sim, template2["t1"].shape)
+        truth = downsample_2x(activity, shape2)
+        mu_recon = downsample_2x(mu_sim, shape2)
     fwhm = float(rng.uniform(*psf_fwhm_range_mm))
     fwhm_xyz = (fwhm, fwhm, fwhm * float(rng.uniform(0.9, 1.15)))
     sd_counts = float(counts) if counts is not None else log_uniform(rng, *counts_range)
@@ -130,6 +174,7 @@ def simulate_subject(
         "pet_truth": truth.astype(np.float32),
         "labels": anat2["labels"].astype(np.int16),
         "brain_mask": anat2["brain_mask"].astype(np.uint8),
+        "lesion_mask": lesion_mask,
         "affine": template2["affine"],
     }
     images["pet_sd_noisefree"] = scanner.reconstruct(data["prompts"], data, recon_fwhm, 1.0)
@@ -137,6 +182,13 @@ def simulate_subject(
     for drf in dose_reduction_factors:
         noisy = scanner.poisson(data["prompts"], rng, float(drf))
         images[f"pet_drf{_drf_name(drf)}"] = scanner.reconstruct(noisy, data, recon_fwhm, float(drf))
+    if extra_drf is not None:
+        t_extra = time.perf_counter()
+        noisy = scanner.poisson(data["prompts"], rng_extra, float(extra_drf))
+        images["pet_drf_random"] = scanner.reconstruct(noisy, data, recon_fwhm, float(extra_drf))
+        feature_params["seconds_drf_random"] = time.perf_counter() - t_extra
+        feature_params["drf_random"] = float(extra_drf)
+        feature_params["counts_drf_random"] = sd_counts / float(extra_drf)
     seed_list = [int(s) for s in np.atleast_1d(np.asarray(seed))]
     params = {
         "seed": seed_list,
@@ -167,20 +219,36 @@ def simulate_subject(
         **mu_params,
         **uptake_params,
         **mri_params,
+        "t1_whole_head": bool(whole_head),
+        "face_neck": bool(face_neck),
+        "has_lesions": bool(lesions),
+        "lesions": feature_params.pop("lesions", []),
+        **feature_params,
         "seconds_simulation": time.perf_counter() - t0,
         "seconds_forward_model": t_sim,
     }
     return images, params
 
 
+def _to_recon_grid(anat: dict[str, np.ndarray], affine2: np.ndarray) -> dict[str, np.ndarray]:
+    """The 1 mm anatomy on the 2 mm grid (tissue maps averaged, labels and mask by the 2 mm voxel centres)."""
+    shape2 = tuple((n + 1) // 2 for n in anat["t1"].shape)
+    anat2 = {k: downsample_2x(anat[k], shape2) for k in ("t1", "gm", "wm", "csf")}
+    anat2["labels"] = np.ascontiguousarray(anat["labels"][::2, ::2, ::2])
+    anat2["brain_mask"] = (downsample_2x(anat["brain_mask"].astype(np.float32), shape2) > 0.5).astype(np.uint8)
+    anat2["affine"] = affine2.copy()
+    return anat2
+
+
 def _drf_name(drf: float) -> int | float:
     return int(drf) if float(drf).is_integer() else float(drf)
 
 
-def subject_files(subject_id: str, dose_reduction_factors: Sequence[float]) -> dict[str, str]:
+def subject_files(subject_id: str, dose_reduction_factors: Sequence[float], drf_random: bool = False) -> dict[str, str]:
     """Record keys -> file names (relative to the cohort folder) for one subject."""
     keys = ["t1", "pet_truth", "pet_sd", "pet_sd_noisefree"]
-    keys += [f"pet_drf{_drf_name(d)}" for d in dose_reduction_factors] + ["labels", "brain_mask"]
+    keys += [f"pet_drf{_drf_name(d)}" for d in dose_reduction_factors] + (["pet_drf_random"] if drf_random else [])
+    keys += ["labels", "brain_mask", "lesion_mask"]
     files = {k: f"{subject_id}/{subject_id}_{k}.nii.gz" for k in keys}
     files["params"] = f"{subject_id}/{subject_id}_params.json"
     return files
@@ -190,8 +258,8 @@ def save_subject(images: dict, params: dict, out_dir: str | os.PathLike, subject
     """Write a subject's NIfTI files and, last, its params.json (the completion marker)."""
     out_dir = Path(out_dir)
     (out_dir / subject_id).mkdir(parents=True, exist_ok=True)
-    files = subject_files(subject_id, params["dose_reduction_factors"])
-    dtypes = {"labels": np.int16, "brain_mask": np.uint8}
+    files = subject_files(subject_id, params["dose_reduction_factors"], "pet_drf_random" in images)
+    dtypes = {"labels": np.int16, "brain_mask": np.uint8, "lesion_mask": np.uint8}
     for key, rel in files.items():
         if key == "params":
             continue
@@ -200,25 +268,42 @@ def save_subject(images: dict, params: dict, out_dir: str | os.PathLike, subject
     return files
 
 
+def _split_sizes(num_subjects: int, split_fractions: Sequence[float]) -> dict[str, int]:
+    """Subjects per split: every split with a positive fraction gets at least one subject."""
+    names = ("training", "validation", "test")
+    needed = sum(f > 0 for f in split_fractions)
+    if num_subjects < needed:
+        raise ValueError(
+            f"num_subjects={num_subjects} is too few for split_fractions {list(split_fractions)}: every split with a "
+            f"positive fraction needs a subject, so at least {needed} subjects"
+        )
+    sizes = {n: (max(1, int(round(f * num_subjects))) if f > 0 else 0) for n, f in zip(names[1:], split_fractions[1:])}
+    sizes = {"training": num_subjects - sum(sizes.values()), **sizes}
+    while split_fractions[0] > 0 and sizes["training"] < 1:  # tiny cohorts: give training one back
+        largest = max(("validation", "test"), key=lambda n: sizes[n])
+        sizes[largest] -= 1
+        sizes["training"] += 1
+    return sizes
+
+
 def assign_groups_and_splits(
     num_subjects: int, seed: int, ad_fraction: float, split_fractions: Sequence[float], severity_range=(0.3, 1.2)
 ) -> list[dict]:
     """Deterministic group, AD severity and split per subject, stratified by group.
 
+    Every split with a positive fraction gets at least one subject (``ValueError`` when there are too few subjects).
+
     Returns:
         list of dicts with ``index``, ``id``, ``group``, ``ad_severity``, ``split``.
     """
-    if len(split_fractions) != 3 or abs(sum(split_fractions) - 1) > 1e-6:
-        raise ValueError(f"split_fractions must be 3 fractions summing to 1, got {list(split_fractions)}")
+    if len(split_fractions) != 3 or abs(sum(split_fractions) - 1) > 1e-6 or min(split_fractions) < 0:
+        raise ValueError(f"split_fractions must be 3 fractions >= 0 summing to 1, got {list(split_fractions)}")
+    sizes = _split_sizes(num_subjects, split_fractions)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 999_983]))
     n_ad = int(round(ad_fraction * num_subjects))
     is_ad = np.zeros(num_subjects, dtype=bool)
     is_ad[rng.permutation(num_subjects)[:n_ad]] = True
     severities = rng.uniform(*severity_range, size=num_subjects)
-    n_val = int(round(split_fractions[1] * num_subjects))
-    n_test = int(round(split_fractions[2] * num_subjects))
-    n_train = num_subjects - n_val - n_test
-    sizes = {"training": n_train, "validation": n_val, "test": n_test}
     ad_sizes = {k: int(round(v * n_ad / max(num_subjects, 1))) for k, v in sizes.items()}
     ad_sizes["training"] = n_ad - ad_sizes["validation"] - ad_sizes["test"]
     split = np.empty(num_subjects, dtype=object)
@@ -240,16 +325,50 @@ def assign_groups_and_splits(
     ]
 
 
+def plan_features(
+    plans: list[dict],
+    seed: int,
+    whole_head_fraction: float = 0.5,
+    lesion_fraction: float = 0.3,
+    random_drf_range: Sequence[float] | None = (4.0, 100.0),
+) -> list[dict]:
+    """Add per-subject feature choices to the plans: ``t1_whole_head``, ``has_lesions``, ``drf_random``.
+
+    Each subject draws from ``SeedSequence([seed, index, 31337])``, so its choices depend neither on the cohort size
+    nor on the other subjects; the fractions only move thresholds (raising one adds subjects, never swaps them).
+    """
+    out = []
+    for plan in plans:
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(plan["index"]), 31337]))
+        u_head, u_lesion = rng.random(2)
+        drf = log_uniform(rng, *random_drf_range) if random_drf_range is not None else None
+        out.append(
+            {
+                **plan,
+                "t1_whole_head": bool(u_head < whole_head_fraction),
+                "has_lesions": bool(u_lesion < lesion_fraction),
+                "drf_random": round(drf, 2) if drf is not None else None,
+            }
+        )
+    return out
+
+
 def subject_record(plan: dict, dose_reduction_factors: Sequence[float]) -> dict:
     """Datalist record of one subject (paths relative to the cohort folder)."""
     drfs = [_drf_name(d) for d in dose_reduction_factors]
-    return {
+    drf_random = plan.get("drf_random")
+    record = {
         "id": plan["id"],
         "group": plan["group"],
         "ad_severity": plan["ad_severity"],
         "drfs": drfs,
-        **subject_files(plan["id"], drfs),
+        "t1_whole_head": bool(plan.get("t1_whole_head", False)),
+        "has_lesions": bool(plan.get("has_lesions", False)),
+        **subject_files(plan["id"], drfs, drf_random is not None),
     }
+    if drf_random is not None:
+        record["drf_random"] = drf_random
+    return record
 
 
 def _write_datalist(out_dir: Path, plans: list[dict], done: set[str], dose_reduction_factors) -> None:
@@ -263,32 +382,61 @@ def _write_datalist(out_dir: Path, plans: list[dict], done: set[str], dose_reduc
     write_json_atomic(datalist, out_dir / "datalist.json")
 
 
+PLAN_KEYS = ("group", "ad_severity", "t1_whole_head", "has_lesions", "drf_random")
+
+
+def _sync_finished_subject(path: Path, plan: dict) -> None:
+    """Check a finished subject against its plan and record the plan's split in its params.json.
+
+    A changed split (other ``split_fractions`` or ``num_subjects``) is written into ``params.json``; a subject that
+    was simulated as something else (group, severity, whole-head T1, lesions, random DRF) raises ``ValueError``.
+    """
+    params = json.loads(path.read_text())
+    for key in PLAN_KEYS:
+        if params.get(key) != plan[key]:
+            raise ValueError(
+                f"{path}: simulated with {key}={params.get(key)!r} but the cohort settings now give {plan[key]!r}; "
+                "rerun with the settings of this cohort (cohort_config.json) or use a new output_dir"
+            )
+    if params.get("split") != plan["split"]:
+        params["split"] = plan["split"]
+        write_json_atomic(params, path)
+
+
 def generate_cohort(
     output_dir: str | os.PathLike,
     num_subjects: int = 60,
     seed: int = 12345,
     dose_reduction_factors: Sequence[float] = (4, 20, 50, 100),
     split_fractions: Sequence[float] = (0.7, 0.1, 0.2),
-    ad_fraction: float = 0.4,
+    ad_fraction: float = 0.3,
     ad_severity_range: Sequence[float] = (0.3, 1.2),
     sim_voxel_mm: int = 2,
     counts_range: Sequence[float] = (5e7, 2e8),
-    psf_fwhm_range_mm: Sequence[float] = (3.5, 6.0),
+    psf_fwhm_range_mm: Sequence[float] = (3.5, 7.0),
     scanner_config: ScannerConfig | None = None,
     num_threads: int = 1,
     num_workers: int = 1,
     cache_dir: str | os.PathLike | None = None,
     qc: bool = True,
     progress: bool = True,
+    whole_head_fraction: float = 0.5,
+    lesion_fraction: float = 0.3,
+    random_drf_range: Sequence[float] | None = (4.0, 100.0),
+    heterogeneity_range: Sequence[float] | None = (0.05, 0.15),
+    heterogeneity_scales_mm: Sequence[float] = (8.0, 30.0),
+    atrophy: bool = True,
+    face_neck: bool = True,
 ) -> Path:
     """Generate (or resume) a simulated cohort and its ``datalist.json``.
 
     The datalist is rewritten after every subject with the completed subjects only (``"complete": false`` until all
-    are done), so a partial cohort is usable.
+    are done), so a partial cohort is usable. Finished subjects are checked against the plan; their recorded split
+    follows the current ``split_fractions``.
 
     Args:
         output_dir: cohort folder.
-        num_subjects: number of subjects.
+        num_subjects: number of subjects (at least one per split with a positive fraction).
         seed: cohort seed (subject i uses ``SeedSequence([seed, i])``).
         dose_reduction_factors: simulated dose reduction factors.
         split_fractions: training / validation / test fractions (by subject, stratified by group).
@@ -303,6 +451,13 @@ def generate_cohort(
         cache_dir: template cache (default ``output_dir/.cache``).
         qc: write a QC PNG per subject.
         progress: show a tqdm progress bar.
+        whole_head_fraction: fraction of subjects with a whole-head T1 (the others are skull-stripped).
+        lesion_fraction: fraction of subjects with PET-only lesions.
+        random_drf_range: range of one extra, log-uniform dose reduction factor per subject (None: none).
+        heterogeneity_range: range of the SD of the uptake random field (None: uptake constant per region).
+        heterogeneity_scales_mm: range of its correlation lengths (Gaussian FWHM, mm).
+        atrophy: cortical thinning and ventricular enlargement (AD with severity, CN mild).
+        face_neck: face and neck below the brain (mu-map, uptake, whole-head T1).
 
     Returns:
         the path of ``datalist.json``.
@@ -317,6 +472,14 @@ def generate_cohort(
     plans = assign_groups_and_splits(
         int(num_subjects), int(seed), float(ad_fraction), list(split_fractions), tuple(ad_severity_range)
     )
+    random_drf_range = tuple(random_drf_range) if random_drf_range is not None else None
+    plans = plan_features(plans, int(seed), float(whole_head_fraction), float(lesion_fraction), random_drf_range)
+    features = {
+        "heterogeneity_range": list(heterogeneity_range) if heterogeneity_range is not None else None,
+        "heterogeneity_scales_mm": list(heterogeneity_scales_mm),
+        "atrophy": bool(atrophy),
+        "face_neck": bool(face_neck),
+    }
     write_json_atomic(
         {
             "num_subjects": int(num_subjects),
@@ -327,10 +490,19 @@ def generate_cohort(
             "sim_voxel_mm": sim_voxel_mm,
             "counts_range": list(counts_range),
             "psf_fwhm_range_mm": list(psf_fwhm_range_mm),
+            "whole_head_fraction": whole_head_fraction,
+            "lesion_fraction": lesion_fraction,
+            "random_drf_range": list(random_drf_range) if random_drf_range is not None else None,
+            **features,
         },
         out / "cohort_config.json",
     )
-    done = {p["id"] for p in plans if (out / p["id"] / f"{p['id']}_params.json").exists()}
+    done = set()
+    for plan in plans:
+        params_path = out / plan["id"] / f"{plan['id']}_params.json"
+        if params_path.exists():
+            _sync_finished_subject(params_path, plan)
+            done.add(plan["id"])
     _write_datalist(out, plans, done, drfs)
     todo = [p for p in plans if p["id"] not in done]
     job = {
@@ -344,6 +516,7 @@ def generate_cohort(
         "cache_dir": str(cache_dir),
         "qc": qc,
         "num_threads": int(num_threads),
+        **features,
     }
     load_template_anatomy(2, cache_dir)  # build the cache once before any worker starts
     if sim_voxel_mm == 1:
@@ -390,13 +563,25 @@ def _simulate_and_save(plan: dict, job: dict) -> tuple[str, float]:
         psf_fwhm_range_mm=job["psf_fwhm_range_mm"],
         scanner=_SCANNERS[key],
         cache_dir=job["cache_dir"],
+        heterogeneity_range=job["heterogeneity_range"],
+        heterogeneity_scales_mm=job["heterogeneity_scales_mm"],
+        lesions=plan["has_lesions"],
+        whole_head=plan["t1_whole_head"],
+        face_neck=job["face_neck"],
+        atrophy=job["atrophy"],
+        extra_drf=plan["drf_random"],
     )
     params["split"] = plan["split"]
+    params["drf_random"] = plan["drf_random"]
     out = Path(job["out"])
     if job["qc"]:
         from .qc import qc_figure
 
         (out / "qc").mkdir(exist_ok=True)
-        qc_figure(images, out / "qc" / f"{plan['id']}_qc.png", title=f"{plan['id']} {params['group']}")
+        title = f"{plan['id']} {params['group']} severity {params['ad_severity']:.2f}"
+        title += ", whole-head T1" if params["t1_whole_head"] else ", skull-stripped T1"
+        title += f", {len(params['lesions'])} lesion(s) (red)" if params["lesions"] else ""
+        title += f", random DRF {plan['drf_random']}" if plan["drf_random"] is not None else ""
+        qc_figure(images, out / "qc" / f"{plan['id']}_qc.png", title=title)
     save_subject(images, params, out, plan["id"])
     return plan["id"], float(params["seconds_simulation"])

@@ -18,29 +18,23 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
 
 
-def _generate(out, cache):
-    return generate_cohort(
-        out,
-        num_subjects=1,
-        seed=7,
-        dose_reduction_factors=[10],
-        scanner_config=TINY,
-        cache_dir=cache,
-        qc=False,
-        progress=False,
-    )
+def _generate(out, cache, **overrides):
+    kwargs = dict(num_subjects=1, seed=7, dose_reduction_factors=[10], split_fractions=(1.0, 0.0, 0.0))
+    kwargs.update(whole_head_fraction=1.0, lesion_fraction=1.0, scanner_config=TINY, qc=False, progress=False)
+    return generate_cohort(out, cache_dir=cache, **{**kwargs, **overrides})
 
 
 def test_same_seed_same_bytes_and_resume(tmp_path, cache):
     a = _generate(tmp_path / "a", cache)
     b = _generate(tmp_path / "b", cache)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a" / "sub-0001").iterdir())
-    assert len(files) == 8  # t1, truth, sd, noise-free, drf10, labels, brain mask, params.json
+    # t1, truth, sd, noise-free, drf10, random drf, labels, brain mask, lesion mask, params.json
+    assert len(files) == 10
     for rel in files:
         if rel.suffix == ".json":
             pa = json.loads((tmp_path / "a" / rel).read_text())
             pb = json.loads((tmp_path / "b" / rel).read_text())
-            for key in ("seconds_simulation", "seconds_forward_model"):
+            for key in [k for k in pa if k.startswith("seconds_")]:
                 pa.pop(key), pb.pop(key)
             assert pa == pb
         else:
@@ -48,14 +42,38 @@ def test_same_seed_same_bytes_and_resume(tmp_path, cache):
     datalist = json.loads(a.read_text())
     assert datalist["complete"] and datalist["dose_reduction_factors"] == [10]
     rec = datalist["training"][0]
-    for key in ("t1", "pet_truth", "pet_sd", "pet_sd_noisefree", "pet_drf10", "labels", "brain_mask", "params"):
+    keys = ("t1", "pet_truth", "pet_sd", "pet_sd_noisefree", "pet_drf10", "pet_drf_random", "labels", "brain_mask")
+    for key in keys + ("lesion_mask", "params"):
         assert os.path.exists(os.path.join(os.path.dirname(a), rec[key])), key
+    assert rec["t1_whole_head"] and rec["has_lesions"] and 4 <= rec["drf_random"] <= 100
     # resume: a rerun skips the finished subject (files untouched)
     marker = tmp_path / "a" / "sub-0001" / "sub-0001_pet_sd.nii.gz"
     mtime = marker.stat().st_mtime_ns
     _generate(tmp_path / "a", cache)
     assert marker.stat().st_mtime_ns == mtime
     assert b.exists()
+    # re-splitting the finished cohort moves the subject in the datalist and in its params.json
+    _generate(tmp_path / "a", cache, split_fractions=(0.0, 0.0, 1.0))
+    datalist = json.loads(a.read_text())
+    assert [r["id"] for r in datalist["test"]] == ["sub-0001"] and not datalist["training"]
+    assert json.loads((tmp_path / "a" / rec["params"]).read_text())["split"] == "test"
+    assert marker.stat().st_mtime_ns == mtime
+    # a finished subject simulated with other features is not silently relabelled
+    with pytest.raises(ValueError, match="sub-0001_params.json: simulated with t1_whole_head=True"):
+        _generate(tmp_path / "a", cache, whole_head_fraction=0.0)
+
+
+@pytest.mark.parametrize("num_subjects", range(3, 13))
+def test_every_split_has_a_subject_from_three_subjects(num_subjects):
+    plans = assign_groups_and_splits(num_subjects, 1, 0.3, (0.7, 0.1, 0.2))
+    counts = {s: sum(p["split"] == s for p in plans) for s in ("training", "validation", "test")}
+    assert min(counts.values()) >= 1 and sum(counts.values()) == num_subjects
+
+
+def test_too_few_subjects_for_the_splits_is_a_clear_error():
+    with pytest.raises(ValueError, match="num_subjects=2 is too few .* at least 3 subjects"):
+        assign_groups_and_splits(2, 1, 0.3, (0.7, 0.1, 0.2))
+    assert [p["split"] for p in assign_groups_and_splits(1, 1, 0.3, (1.0, 0.0, 0.0))] == ["training"]
 
 
 def test_splits_disjoint_by_subject_and_stratified():
@@ -123,7 +141,9 @@ def test_simulate_config_knobs(bundle_root):
     parser = ConfigParser()
     parser.read_config(os.path.join(bundle_root, "configs", "simulate.json"))
     assert parser["num_subjects"] == 60 and parser["dose_reduction_factors"] == [4, 20, 50, 100]
-    assert parser["split_fractions"] == [0.7, 0.1, 0.2] and parser["ad_fraction"] == 0.4
+    assert parser["split_fractions"] == [0.7, 0.1, 0.2] and parser["ad_fraction"] == 0.3
+    assert parser["whole_head_fraction"] == 0.5 and parser["lesion_fraction"] == 0.3
+    assert parser["psf_fwhm_range_mm"] == [3.5, 7.0] and parser["random_drf_range"] == [4.0, 100.0]
     assert parser["generate"]["_target_"] == "pet_simulator.cohort.generate_cohort"
     cfg = parser.get_parsed_content("scanner_config")
     assert (cfg.n_angles, cfg.n_subsets, cfg.n_iterations) == (168, 21, 4)
