@@ -92,7 +92,7 @@ def test_ddim_step_is_monais_step():
 def test_warm_start_starts_from_the_low_dose_image():
     """Warm start: the chain starts from the noised low-dose image; ignoring it (pure noise) changes the result."""
     net = LinearNet()
-    study = _study()
+    study = _study() + 5  # bright enough that no output is clipped at zero activity
     warm = DDIMVolumeSampler(1, 300, progress=False)
     assert warm.timesteps == [300]
     ld, noise = study[0, 0], torch.randn((5, 1, 15, 13), generator=torch.Generator().manual_seed(0))[:, 0]
@@ -146,9 +146,9 @@ def test_network_calls_follow_steps_samples_and_batches(steps, samples, batch):
 
 
 def test_several_samples_give_an_uncertainty_map():
-    net = LinearNet()
-    pred = DDIMVolumeSampler(num_inference_steps=2, num_samples=3, progress=False)(_study(), net)
-    chains = [DDIMVolumeSampler(num_inference_steps=2, seed=s, progress=False)(_study(), net)[0, 0] for s in range(3)]
+    net, study = LinearNet(), _study() + 5  # bright: no clipping, the whole volume is head
+    pred = DDIMVolumeSampler(num_inference_steps=2, num_samples=3, progress=False)(study, net)
+    chains = [DDIMVolumeSampler(num_inference_steps=2, seed=s, progress=False)(study, net)[0, 0] for s in range(3)]
     torch.testing.assert_close(pred[0, 0], torch.stack(chains).mean(0))
     torch.testing.assert_close(pred[0, 1], torch.stack(chains).std(0, unbiased=False))
 
