@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .activity import _fwhm_to_sigma
+from scripts.constants import fwhm_to_sigma
 
 __all__ = ["uptake_heterogeneity"]
 
@@ -36,7 +36,7 @@ def uptake_heterogeneity(
     field = np.zeros(brain_mask.shape, dtype=np.float32)
     for fwhm in (fine_mm, coarse_mm):
         noise = rng.standard_normal(brain_mask.shape, dtype=np.float32)
-        smooth = ndimage.gaussian_filter(noise, _fwhm_to_sigma(fwhm, voxel_mm), mode="wrap")
+        smooth = ndimage.gaussian_filter(noise, fwhm_to_sigma(fwhm) / voxel_mm, mode="wrap")
         field += smooth / float(smooth[inside].std())
     field -= float(field[inside].mean())
     field /= float(field[inside].std())
