@@ -1,4 +1,4 @@
-"""multi_gpu_train.json: two CPU processes on gloo through torchrun train 2 iterations and save once."""
+"""multi_gpu_train.json: two CPU processes on gloo through torchrun train 2 iterations; rank 0 alone saves."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from workflow_testing import BUNDLE_ROOT, TINY_TRAINING
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 def test_ddp_two_cpu_processes(tmp_path):
     cohort = str(tmp_path / "cohort")
-    make_tiny_cohort(cohort)  # two validation subjects: one per rank
+    make_tiny_cohort(cohort, splits={"training": 2, "validation": 1, "test": 1})  # fewer validation studies than ranks
     settings = {**TINY_TRAINING, "epoch_length": 1, "max_epochs": 2, "val_interval": 2}
     args = [f"--{k}={v}".replace(" ", "") for k, v in settings.items()]
     command = [
@@ -45,3 +45,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert saved["trainer"]["iteration"] == 2  # per rank: 2 iterations, each on its own share of the slices
     network = torch.load(checkpoints / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in network)  # saved unwrapped from DistributedDataParallel
+    log = result.stdout + result.stderr
+    assert log.count("Train completed, saved final checkpoint") == 2, log[
+        -3000:
+    ]  # checkpoint_final.pt and model_final.pt, rank 0 only
