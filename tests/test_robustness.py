@@ -46,12 +46,23 @@ def _bad_studies(folder):
     good = nifti_study(folder, "good")
     corrupt = folder / "corrupt.nii.gz"
     corrupt.write_bytes(gzip.compress(b"this is not a NIfTI header" * 20))
+    jpeg = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 4  # a JPEG renamed .nii.gz
+    (folder / "photo.nii.gz").write_bytes(jpeg)
+    (folder / "photo_t1.nii.gz").write_bytes(jpeg)
     nan_pet = pet.copy()
     nan_pet[3, 4, 5] = np.nan
     far_affine = grid_affine(origin=(500.0, 500.0, 500.0))
     studies = {
         "missing": ({"pet": str(folder / "nowhere.nii.gz")}, ["nowhere.nii.gz", "no such file"]),
-        "corrupt": ({"pet": str(corrupt)}, ["corrupt.nii.gz", "cannot read the NIfTI"]),
+        "corrupt": ({"pet": str(corrupt)}, ["corrupt.nii.gz", "not NIfTI or DICOM", "gzip-compressed"]),
+        "jpeg_pet": (
+            {"pet": str(folder / "photo.nii.gz")},
+            ["photo.nii.gz: PET is not NIfTI or DICOM", "a JPEG image"],
+        ),
+        "jpeg_mri": (
+            {"pet": good["pet"], "mri": str(folder / "photo_t1.nii.gz")},
+            [f"{folder / 'photo_t1.nii.gz'}: MRI is not NIfTI or DICOM", "a JPEG image"],
+        ),
         "flat2d": (
             {"pet": str(save_nifti(pet[:, :, 0], affine, folder / "flat2d.nii.gz"))},
             ["expected a 3D", "(20, 24)"],
@@ -65,7 +76,7 @@ def _bad_studies(folder):
         "negative": ({"pet": str(save_nifti(-pet, affine, folder / "negative.nii.gz"))}, ["no positive voxels"]),
         "apart": (
             {"pet": good["pet"], "mri": str(save_nifti(blob_volume(SHAPE), far_affine, folder / "far_t1.nii.gz"))},
-            ["do not overlap"],
+            [f"{folder / 'far_t1.nii.gz'}: PET and MRI do not overlap"],
         ),
         "gap": ({"pet": str(write_dicom_series(pet, folder / "gap_dicom", skip_slices=(4,)))}, ["missing slice"]),
         "uneven": (
@@ -102,6 +113,8 @@ def bad_batch(tmp_path_factory, weights):
 BAD_IDS = [
     "missing",
     "corrupt",
+    "jpeg_pet",
+    "jpeg_mri",
     "flat2d",
     "dynamic4d",
     "nan",
