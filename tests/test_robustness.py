@@ -145,7 +145,7 @@ def test_batch_goes_on_after_failures_and_inputs_are_untouched(bad_batch):
     result = summary(bad_batch["folder"])
     assert result["ok"] == 1 and result["failed"] == len(BAD_IDS)
     assert (bad_batch["folder"] / "good" / "good_enhanced.nii.gz").is_file()
-    written = {"summary.json", "good"}
+    written = {"summary.json", "logs", "good"}  # logs: the run log (tracebacks of unexpected errors)
     changed = {k for k in bad_batch["before"] if bad_batch["before"][k] != bad_batch["after"].get(k)}
     assert not changed, changed
     new = {os.path.relpath(k, bad_batch["folder"]).split(os.sep)[0] for k in bad_batch["after"]} - {
@@ -278,8 +278,24 @@ def test_cli_batch_with_a_broken_study_exits_non_zero(tmp_path, weights):
     output = result.stdout + result.stderr
     assert "study 'broken'" in output and "missing_pet.nii.gz: no such file or folder" in output
     assert "1 of 2 studies failed" in output
+    assert "Traceback" not in output  # the traceback went to a log file
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ERROR: 1 of 2 studies failed") and str(tmp_path / "out" / "summary.json") in last
+    assert list((tmp_path / "out" / "logs").glob("traceback-*.log"))
     status = study_status(tmp_path / "out")
     assert status["good"]["status"] == "ok" and status["broken"]["status"] == "failed"
+
+
+def test_summary_keeps_earlier_runs(tmp_path, weights):
+    first = nifti_study(tmp_path, "first", with_mri=False)
+    second = nifti_study(tmp_path, "second", with_mri=False)
+    run_workflow(write_datalist([first], tmp_path / "one.json"), tmp_path / "out", weights)
+    run_workflow(write_datalist([second], tmp_path / "two.json"), tmp_path / "out", weights)
+    result = summary(tmp_path / "out")
+    assert [s["id"] for s in result["studies"]] == ["second"]
+    assert [[s["id"] for s in run["studies"]] for run in result["earlier_runs"]] == [["first"]]
+    assert "earlier_runs" not in result["earlier_runs"][0] and result["earlier_runs"][0]["started"]
+    assert os.path.isfile(result["log"])
 
 
 def test_cli_invalid_datalist_exits_non_zero(tmp_path, weights):

@@ -1,7 +1,8 @@
 """Command-line checks for ``python -m monai.bundle run``: an unknown ``--key`` stops the run before any work.
 
 MONAI adds any ``--key value`` to the config, so a typo (``--num_sample 4`` for ``--num_samples 4``) would be
-silently ignored. Every entrypoint config calls :func:`check_override_keys` first in its ``initialize`` list.
+silently ignored. Every entrypoint config calls :func:`prepare_command_line` first in its ``initialize`` list: it
+checks the keys and makes an uncaught error end in one line on the terminal (the traceback goes to a log file).
 """
 
 from __future__ import annotations
@@ -9,7 +10,11 @@ from __future__ import annotations
 import ast
 import difflib
 import inspect
+import os
 import sys
+import tempfile
+import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -106,3 +111,66 @@ def check_override_keys(argv: Sequence[str] | None = None) -> None:
     if messages:
         print("\n".join(messages), file=sys.stderr)
         raise SystemExit(2)
+
+
+#: MONAI's wrappers around the error raised while building or running a config item
+MONAI_WRAPPERS = ("Failed to instantiate", "Failed to evaluate", "Failed to run")
+
+
+def user_error(exc: BaseException) -> BaseException:
+    """The error behind MONAI's ``RuntimeError("Failed to evaluate ...")`` wrappers: the one saying what is wrong."""
+    seen = set()
+    while isinstance(exc, RuntimeError) and str(exc).strip().startswith(MONAI_WRAPPERS) and id(exc) not in seen:
+        seen.add(id(exc))
+        cause = exc.__cause__ or exc.__context__
+        if cause is None:
+            break
+        exc = cause
+    return exc
+
+
+def install_error_hook(log_dir: str | None = None) -> None:
+    """Show an uncaught error of a command-line run as one line; write its traceback to a log file.
+
+    The traceback goes to ``<log_dir>/logs/traceback-<time>.log`` (the system's temporary folder when ``log_dir``
+    cannot be written). Set the environment variable ``M2DIFF_DEBUG=1`` to keep Python's own traceback on the
+    terminal. Installed only for ``python -m monai.bundle`` runs.
+    """
+    if os.environ.get("M2DIFF_DEBUG") or not _launched_by_monai_bundle(sys.argv):
+        return
+    default_hook = sys.excepthook
+
+    def hook(exc_type, exc, tb) -> None:
+        if not isinstance(exc, Exception):
+            return default_hook(exc_type, exc, tb)
+        text = "".join(traceback.format_exception(exc_type, exc, tb))
+        log_file = _write_traceback(text, log_dir)
+        error = user_error(exc)
+        message = str(error).strip() or type(error).__name__
+        if type(error).__name__ == "StudiesFailedError":
+            message = message.splitlines()[0].rstrip(":")  # the failed studies are listed above
+        elif not isinstance(error, (OSError, ValueError)) and type(error).__name__ not in message:
+            message = f"{type(error).__name__}: {message}"
+        print(f"ERROR: {message} (traceback: {log_file})", file=sys.stderr)
+
+    sys.excepthook = hook
+
+
+def _write_traceback(text: str, log_dir: str | None) -> str:
+    name = f"traceback-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
+    for folder in ([os.path.join(log_dir, "logs")] if log_dir else []) + [tempfile.gettempdir()]:
+        try:
+            os.makedirs(folder, exist_ok=True)
+            path = os.path.join(folder, name)
+            with open(path, "w") as f:
+                f.write(text)
+            return path
+        except OSError:
+            continue
+    return "not written"
+
+
+def prepare_command_line(log_dir: str | None = None) -> None:
+    """First step of every entrypoint: refuse unknown ``--key`` options, then install the one-line error hook."""
+    check_override_keys()
+    install_error_hook(log_dir)

@@ -87,7 +87,7 @@ def check_image_format(path: str | os.PathLike, role: str) -> str:
     """
     path = Path(path)
     if not path.exists():
-        raise StudyError(f"{role}: no such file or folder", path)
+        raise StudyError(f"no such file or folder (the {role})", path)
     found = image_format(path)
     if found in ("nifti", "dicom_folder"):
         return found
