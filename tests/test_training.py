@@ -133,7 +133,8 @@ def test_mlflow_tracking(cohort, tmp_path):
     assert runs, "no MLflow run recorded"
     run = runs[0]
     assert {"train_loss", "val_psnr", "val_ssim"} <= set(run.data.metrics)
-    assert {"max_epochs", "epoch_length"} <= set(run.data.params)
+    assert {"max_epochs", "epoch_length", "learning_rate", "seed", "network_def.base_channels"} <= set(run.data.params)
+    assert run.data.params["patch_size"] == "[32, 32]" and run.data.params["mri_dropout_prob"] == "0.4"
     assert any(a.path.startswith("config_") for a in client.list_artifacts(run.info.run_id))
     assert mlflow is not None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import time
 from collections import defaultdict
@@ -21,7 +22,11 @@ from monai.engines import PrepareBatch
 
 from scripts import metrics
 
+logger = logging.getLogger(__name__)
+
 REFERENCES = {"sd": "pet_sd", "sd_noisefree": "pet_sd_noisefree"}
+#: columns of the console table (mean +- SD over studies)
+TABLE_METRICS = ("psnr", "ssim", "nmse", "mean_bias_pct", "suvr_bias_pct")
 METRIC_NAMES = ("psnr", "ssim", "nmse", "mean_bias_pct", "suvr_bias_pct", "slice_psnr", "slice_ssim")
 
 
@@ -93,6 +98,34 @@ def summarise(rows: list[dict]) -> dict:
     return summary
 
 
+def summary_table(summary: dict) -> str:
+    """The summary's metrics as a text table: one row per (reference, dose level, group), mean +- SD."""
+    header = ["reference", "dose", "group", "n"] + list(TABLE_METRICS)
+    rows = []
+    for reference, doses in summary.items():
+        for dose, groups in doses.items():
+            for group, entry in groups.items():
+                cells = [reference, dose.replace("drf", "1/"), group, str(entry["n"])]
+                for name in TABLE_METRICS:
+                    value = entry.get(name)
+                    cells.append("-" if value is None else f"{value['mean']:.4g} +- {value['std']:.2g}")
+                rows.append(cells)
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows)
+
+
+def final_metrics(summary: dict) -> dict[str, float]:
+    """Flat ``{"<metric>_<reference>_<drfK>_<group>": mean}`` of a summary (for experiment trackers)."""
+    flat = {}
+    for reference, doses in summary.items():
+        for dose, groups in doses.items():
+            for group, entry in groups.items():
+                for name in TABLE_METRICS:
+                    if entry.get(name) is not None:
+                        flat[f"{name}_{reference}_{dose}_{group}"] = entry[name]["mean"]
+    return flat
+
+
 def save_panel(path: str, images: dict[str, np.ndarray], title: str) -> None:
     """PNG of one axial slice of each image (MRI, LD, enhanced, SD, |error|, uncertainty)."""
     import matplotlib
@@ -153,7 +186,7 @@ class StudyEvaluationHandler:
         engine.add_event_handler(Events.STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_STARTED, self._tic)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._score)
-        engine.add_event_handler(Events.COMPLETED, self._write)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)  # before a tracker's epoch-end logging
 
     def _reset(self, engine: Engine) -> None:
         self.rows = []
@@ -207,7 +240,9 @@ class StudyEvaluationHandler:
         save_panel(os.path.join(self.output_dir, "panels", f"{name}.png"), images, title)
 
     def _write(self, engine: Engine) -> None:
+        """Write ``metrics.csv`` and ``summary.json``, log the table, put the means in ``engine.state.metrics``."""
         if not self.rows:
+            logger.warning(f"{self.method}: no study was scored")
             return
         with open(os.path.join(self.output_dir, "metrics.csv"), "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(self.rows[0]))
@@ -222,5 +257,10 @@ class StudyEvaluationHandler:
             "network_calls_per_volume": float(np.mean([r["network_calls_per_volume"] for r in self.rows])),
             "metrics": summarise(self.rows),
         }
-        with open(os.path.join(self.output_dir, "summary.json"), "w") as f:
+        path = os.path.join(self.output_dir, "summary.json")
+        with open(path, "w") as f:
             json.dump(summary, f, indent=2)
+        engine.state.metrics.update(final_metrics(summary["metrics"]))
+        steps = f", {self.num_inference_steps} DDIM steps" if self.num_inference_steps else ""
+        title = f"{self.method}{steps}: {summary['num_studies']} studies, {summary['seconds_per_volume']:.1f} s/volume"
+        logger.info(f"{title}\n{summary_table(summary['metrics'])}\nsummary: {path}")
