@@ -3,7 +3,8 @@
 :class:`StudyPrepareBatch` gives the evaluator ``[LD, MRI]`` and the dose level (for dose-dependent baselines).
 :class:`StudyEvaluationHandler` is attached to the evaluator of configs/evaluate.json: after each study it puts the
 output back into activity units (x ``pet_scale``), scores it against the standard-dose (SD) and the noise-free SD
-images (``scripts.metrics``), times it, and draws a panel; at the end it writes ``metrics.csv`` and ``summary.json``.
+images (``scripts.metrics``), times it, and draws a panel (``scripts.plotting``); at the end it writes
+``metrics.csv`` and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ignite.engine import Engine, Events
 from monai.engines import PrepareBatch
 
 from scripts import metrics
+from scripts.plotting import evaluation_figure, save_figure, slice_position
 
 logger = logging.getLogger(__name__)
 
@@ -126,31 +128,6 @@ def final_metrics(summary: dict) -> dict[str, float]:
     return flat
 
 
-def save_panel(path: str, images: dict[str, np.ndarray], title: str) -> None:
-    """PNG of one axial slice of each image (MRI, LD, enhanced, SD, |error|, uncertainty)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pet_max = float(np.percentile(images["standard dose"], 99.5)) or 1.0
-    fig, axes = plt.subplots(1, len(images), figsize=(2.6 * len(images), 3.0))
-    for ax, (name, image) in zip(axes, images.items()):
-        if name == "MRI":
-            vmax = float(np.percentile(image, 99.5)) or 1.0
-        elif name in ("|error|", "uncertainty (std)"):
-            vmax = 0.25 * pet_max
-        else:
-            vmax = pet_max
-        ax.imshow(np.rot90(image), cmap="gray" if name == "MRI" else "magma", vmin=0, vmax=vmax)
-        ax.set_title(name, fontsize=9)
-        ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
 class StudyEvaluationHandler:
     """Scores each enhanced study of an evaluator; writes ``metrics.csv``, ``summary.json`` and panels.
 
@@ -236,8 +213,11 @@ class StudyEvaluationHandler:
         }
         os.makedirs(os.path.join(self.output_dir, "panels"), exist_ok=True)
         name = f"{info['id']}_drf{info['dose_reduction_factor']}"
-        title = f"{self.method}: {info['id']} ({info['group']}), dose 1/{info['dose_reduction_factor']}, slice {k}"
-        save_panel(os.path.join(self.output_dir, "panels", f"{name}.png"), images, title)
+        title = f"{self.method}: {info['id']} ({info['group']}), dose 1/{info['dose_reduction_factor']}"
+        affine = study.get("affine")
+        position = slice_position(affine, 2, k, mask.shape)
+        figure = evaluation_figure(images, title, units="Bq/ml", affine=affine, position=position)
+        save_figure(figure, os.path.join(self.output_dir, "panels", f"{name}.png"))
 
     def _write(self, engine: Engine) -> None:
         """Write ``metrics.csv`` and ``summary.json``, log the table, put the means in ``engine.state.metrics``."""
