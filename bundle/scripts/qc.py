@@ -27,35 +27,6 @@ def _volume(image: torch.Tensor | np.ndarray | None) -> np.ndarray | None:
     return array[0] if array.ndim == 4 else array
 
 
-def save_qc_panel(
-    path: str,
-    pet_low_dose: np.ndarray,
-    enhanced: np.ndarray,
-    mri_t1: np.ndarray | None = None,
-    uncertainty: np.ndarray | None = None,
-    title: str = "",
-    affine: np.ndarray | None = None,
-    units: str | None = None,
-) -> str:
-    """Save the QC panel of :func:`scripts.plotting.qc_figure` (axial and coronal planes) to ``path`` atomically.
-
-    Args:
-        path: PNG file.
-        pet_low_dose: ``(X, Y, Z)`` RAS volume (axial = last axis), as are the others.
-        enhanced: enhanced PET, same grid and units as ``pet_low_dose``.
-        mri_t1: MRI on the PET grid, or ``None`` (no MRI column).
-        uncertainty: per-voxel SD, or ``None`` (no uncertainty column).
-        title: figure title.
-        affine: the volumes' voxel-to-RAS matrix (slice positions, L/R markers, aspect ratio).
-        units: the PET's units (colour bars).
-
-    Returns:
-        ``path``.
-    """
-    figure = qc_figure(pet_low_dose, enhanced, mri_t1, uncertainty, title=title, affine=affine, units=units)
-    return save_figure(figure, path)
-
-
 class SaveQCPaneld(Transform):
     """Write ``<output_dir>/<id>/<id>_qc.png`` from ``mri``, ``pet``, ``pred`` and ``uncertainty`` (RAS, same grid).
 
@@ -80,7 +51,7 @@ class SaveQCPaneld(Transform):
         volumes = [_volume(d.get(k)) for k in ("pet", "pred", "mri", "uncertainty")]
         units = (d.get("units") or {}).get("input_units")  # the outputs are converted after this panel
         try:
-            save_qc_panel(path, *volumes, title=title, affine=affine, units=units)
+            save_figure(qc_figure(*volumes, title=title, affine=affine, units=units), path)
         except Exception as exc:  # the QC picture is a convenience: its failure does not fail the study
             note = f"QC panel not written: {type(exc).__name__}: {exc}"
             logger.warning(f"study '{d['id']}': {note}")
