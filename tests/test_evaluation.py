@@ -108,3 +108,11 @@ def test_console_table_and_mlflow(cohort, tmp_path, capsys):
     with open(os.path.join(runs, "eval", "test", "low_dose", "summary.json")) as f:
         psnr = json.load(f)["metrics"]["sd"]["drf100"]["all"]["psnr"]["mean"]
     assert abs(run.data.metrics["psnr_sd_drf100_all"] - psnr) < 1e-6
+
+
+def test_missing_model_file_is_named_before_evaluation(cohort, tmp_path):
+    with pytest.raises(RuntimeError) as error:  # MONAI wraps the config expression's error
+        _evaluate(["train"], cohort, str(tmp_path), "m2diff")
+    message = str(error.value.__cause__)
+    assert os.path.join(str(tmp_path), "m2diff", "checkpoints", "model.pt") in message and "train first" in message
+    assert not os.path.exists(os.path.join(str(tmp_path), "eval"))

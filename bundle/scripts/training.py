@@ -317,6 +317,20 @@ def check_resume_checkpoint(path: str | None) -> str | None:
     return path
 
 
+def require_model_file(path: str | None) -> str | None:
+    """Check, before evaluation starts, that the trained network ``path`` exists (``None``: no network needed).
+
+    Raises:
+        FileNotFoundError: naming the file and how to get it.
+    """
+    if path and not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"model file {path} not found: train first (configs/train.json with the same --runs_dir leaves "
+            "<runs_dir>/<method>/checkpoints/model.pt) or pass --model_file /path/to/model.pt"
+        )
+    return path
+
+
 class ModelFileFallback:
     """Save the network's final weights as ``model.pt`` when this training run did not write one.
 
