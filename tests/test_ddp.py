@@ -1,4 +1,4 @@
-"""multi_gpu_train.json: two CPU processes on gloo (torch.distributed.run) train in sync and save once."""
+"""multi_gpu_train.json: two CPU processes on gloo (torch.distributed.run) train in sync; rank 0 alone saves."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from workflow_testing import BUNDLE_ROOT, TINY_TRAINING
 
 def test_ddp_two_cpu_processes(tmp_path):
     cohort = str(tmp_path / "cohort")
-    make_tiny_cohort(cohort)  # two validation subjects: one per rank
+    make_tiny_cohort(cohort, splits={"training": 2, "validation": 1, "test": 1})  # fewer validation studies than ranks
     settings = {**TINY_TRAINING, "epoch_length": 1, "max_epochs": 2, "val_interval": 2}
     args = [f"--{k}={v}".replace(" ", "") for k, v in settings.items()]
     command = [
@@ -47,3 +47,6 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])  # gradients were averaged across ranks
     network = torch.load(checkpoints / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in network)  # saved unwrapped from DistributedDataParallel
+    log = result.stdout + result.stderr
+    # checkpoint_final.pt and model_final.pt, by rank 0 only
+    assert log.count("Train completed, saved final checkpoint") == 2, log[-3000:]

@@ -159,6 +159,7 @@ def test_derived_series_round_trip(tmp_path, pet_volume):
         assert ds.SOPInstanceUID not in source_uids and ds.SeriesInstanceUID != src_ds.SeriesInstanceUID
         assert ds.FrameOfReferenceUID == src_ds.FrameOfReferenceUID and ds.StudyInstanceUID == src_ds.StudyInstanceUID
         assert list(ds.ImageType) == ["DERIVED", "SECONDARY"] and "v9.9" in ds.SeriesDescription
+        assert ds.SeriesDescription.startswith("RESEARCH ONLY") and "RESEARCH USE ONLY" in ds.ImageComments
         assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == src_ds.SOPInstanceUID
         assert ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID == src_ds.SOPInstanceUID
         assert ds.ImagePositionPatient == src_ds.ImagePositionPatient and ds.Units == "BQML"

@@ -87,3 +87,33 @@ def test_gaussian_fwhm_search(cohort):
     assert result["best_fwhm_mm"][100] >= result["best_fwhm_mm"][4]  # noisier images want more smoothing
     with pytest.raises(ValueError, match="validation"):
         search_gaussian_fwhm(os.path.join(cohort, "datalist.json"), split="test")
+
+
+def test_console_table_and_mlflow(cohort, tmp_path, capsys):
+    """evaluate.json prints its summary table; with --tracking mlflow its settings and final metrics are recorded."""
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+    from monai.utils import path_to_sqlite_uri
+
+    runs = str(tmp_path)
+    run_workflow(
+        ["train", "evaluate"], "infer", tracking="mlflow", dataset_dir=cohort, runs_dir=runs, method="low_dose"
+    )
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:4] == ["reference", "dose", "group", "n"])
+    assert "psnr" in lines[header] and lines[header + 1].split()[:3] == ["sd", "1/4", "AD"]
+    assert any(line.split()[:3] == ["sd", "1/100", "all"] for line in lines[header:])
+    client = MlflowClient(tracking_uri=path_to_sqlite_uri(os.path.join(runs, "low_dose", "mlruns.db")))
+    run = client.search_runs([client.get_experiment_by_name("m2diff").experiment_id])[0]
+    assert run.data.params["method"] == "low_dose" and run.data.params["eval_split"] == "test"
+    with open(os.path.join(runs, "eval", "test", "low_dose", "summary.json")) as f:
+        psnr = json.load(f)["metrics"]["sd"]["drf100"]["all"]["psnr"]["mean"]
+    assert abs(run.data.metrics["psnr_sd_drf100_all"] - psnr) < 1e-6
+
+
+def test_missing_model_file_is_named_before_evaluation(cohort, tmp_path):
+    with pytest.raises(RuntimeError) as error:  # MONAI wraps the config expression's error
+        _evaluate(["train"], cohort, str(tmp_path), "m2diff")
+    message = str(error.value.__cause__)
+    assert os.path.join(str(tmp_path), "m2diff", "checkpoints", "model.pt") in message and "train first" in message
+    assert not os.path.exists(os.path.join(str(tmp_path), "eval"))

@@ -210,7 +210,11 @@ def test_study_without_mri_goes_to_the_sampler_without_an_mri_channel():
     """The MRI-free path gets the PET alone (a zero MRI channel would run the MRI-guided path)."""
     pet = MetaTensor(torch.rand(1, 4, 5, 3))
     inputs, _, args, kwargs = StudyPrepareBatch()({"pet": pet, "mri": None, "drf": 20})
-    assert inputs.shape == (1, 1, 4, 5, 3) and kwargs == {"dose_reduction_factor": 20, "voxel_size_mm": [1.0, 1.0, 1.0]} and args == ()
+    assert (
+        inputs.shape == (1, 1, 4, 5, 3)
+        and kwargs == {"dose_reduction_factor": 20, "voxel_size_mm": [1.0, 1.0, 1.0]}
+        and args == ()
+    )
     inputs, _, _, _ = StudyPrepareBatch()({"pet": pet, "mri": 2 * pet})
     torch.testing.assert_close(inputs, torch.stack([pet.as_tensor()[0], 2 * pet.as_tensor()[0]])[None])
 

@@ -46,12 +46,23 @@ def _bad_studies(folder):
     good = nifti_study(folder, "good")
     corrupt = folder / "corrupt.nii.gz"
     corrupt.write_bytes(gzip.compress(b"this is not a NIfTI header" * 20))
+    jpeg = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 4  # a JPEG renamed .nii.gz
+    (folder / "photo.nii.gz").write_bytes(jpeg)
+    (folder / "photo_t1.nii.gz").write_bytes(jpeg)
     nan_pet = pet.copy()
     nan_pet[3, 4, 5] = np.nan
     far_affine = grid_affine(origin=(500.0, 500.0, 500.0))
     studies = {
         "missing": ({"pet": str(folder / "nowhere.nii.gz")}, ["nowhere.nii.gz", "no such file"]),
-        "corrupt": ({"pet": str(corrupt)}, ["corrupt.nii.gz", "cannot read the NIfTI"]),
+        "corrupt": ({"pet": str(corrupt)}, ["corrupt.nii.gz", "not NIfTI or DICOM", "gzip-compressed"]),
+        "jpeg_pet": (
+            {"pet": str(folder / "photo.nii.gz")},
+            ["photo.nii.gz: PET is not NIfTI or DICOM", "a JPEG image"],
+        ),
+        "jpeg_mri": (
+            {"pet": good["pet"], "mri": str(folder / "photo_t1.nii.gz")},
+            [f"{folder / 'photo_t1.nii.gz'}: MRI is not NIfTI or DICOM", "a JPEG image"],
+        ),
         "flat2d": (
             {"pet": str(save_nifti(pet[:, :, 0], affine, folder / "flat2d.nii.gz"))},
             ["expected a 3D", "(20, 24)"],
@@ -65,7 +76,7 @@ def _bad_studies(folder):
         "negative": ({"pet": str(save_nifti(-pet, affine, folder / "negative.nii.gz"))}, ["no positive voxels"]),
         "apart": (
             {"pet": good["pet"], "mri": str(save_nifti(blob_volume(SHAPE), far_affine, folder / "far_t1.nii.gz"))},
-            ["do not overlap"],
+            [f"{folder / 'far_t1.nii.gz'}: PET and MRI do not overlap"],
         ),
         "gap": ({"pet": str(write_dicom_series(pet, folder / "gap_dicom", skip_slices=(4,)))}, ["missing slice"]),
         "uneven": (
@@ -102,6 +113,8 @@ def bad_batch(tmp_path_factory, weights):
 BAD_IDS = [
     "missing",
     "corrupt",
+    "jpeg_pet",
+    "jpeg_mri",
     "flat2d",
     "dynamic4d",
     "nan",
@@ -132,7 +145,7 @@ def test_batch_goes_on_after_failures_and_inputs_are_untouched(bad_batch):
     result = summary(bad_batch["folder"])
     assert result["ok"] == 1 and result["failed"] == len(BAD_IDS)
     assert (bad_batch["folder"] / "good" / "good_enhanced.nii.gz").is_file()
-    written = {"summary.json", "good"}
+    written = {"summary.json", "logs", "good"}  # logs: the run log (tracebacks of unexpected errors)
     changed = {k for k in bad_batch["before"] if bad_batch["before"][k] != bad_batch["after"].get(k)}
     assert not changed, changed
     new = {os.path.relpath(k, bad_batch["folder"]).split(os.sep)[0] for k in bad_batch["after"]} - {
@@ -265,8 +278,24 @@ def test_cli_batch_with_a_broken_study_exits_non_zero(tmp_path, weights):
     output = result.stdout + result.stderr
     assert "study 'broken'" in output and "missing_pet.nii.gz: no such file or folder" in output
     assert "1 of 2 studies failed" in output
+    assert "Traceback" not in output  # the traceback went to a log file
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ERROR: 1 of 2 studies failed") and str(tmp_path / "out" / "summary.json") in last
+    assert list((tmp_path / "out" / "logs").glob("traceback-*.log"))
     status = study_status(tmp_path / "out")
     assert status["good"]["status"] == "ok" and status["broken"]["status"] == "failed"
+
+
+def test_summary_keeps_earlier_runs(tmp_path, weights):
+    first = nifti_study(tmp_path, "first", with_mri=False)
+    second = nifti_study(tmp_path, "second", with_mri=False)
+    run_workflow(write_datalist([first], tmp_path / "one.json"), tmp_path / "out", weights)
+    run_workflow(write_datalist([second], tmp_path / "two.json"), tmp_path / "out", weights)
+    result = summary(tmp_path / "out")
+    assert [s["id"] for s in result["studies"]] == ["second"]
+    assert [[s["id"] for s in run["studies"]] for run in result["earlier_runs"]] == [["first"]]
+    assert "earlier_runs" not in result["earlier_runs"][0] and result["earlier_runs"][0]["started"]
+    assert os.path.isfile(result["log"])
 
 
 def test_cli_invalid_datalist_exits_non_zero(tmp_path, weights):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from monai.transforms import LoadImage
 from tiny_cohort import DRFS, make_tiny_cohort
-from workflow_testing import CONFIGS, TINY_TRAINING, make_workflow, run_workflow
+from workflow_testing import BUNDLE_ROOT, CONFIGS, TINY_TRAINING, make_workflow, run_workflow
 
 from scripts.normalise import pet_scale
 from scripts.sampler import DDIMVolumeSampler, make_noise_scheduler
@@ -156,5 +156,50 @@ def test_mlflow_tracking(cohort, tmp_path):
     assert runs, "no MLflow run recorded"
     run = runs[0]
     assert {"train_loss", "val_psnr", "val_ssim"} <= set(run.data.metrics)
-    assert {"max_epochs", "epoch_length"} <= set(run.data.params)
+    assert {"max_epochs", "epoch_length", "learning_rate", "seed", "network_def.base_channels"} <= set(run.data.params)
+    assert run.data.params["patch_size"] == "[32, 32]" and run.data.params["mri_dropout_prob"] == "0.4"
     assert any(a.path.startswith("config_") for a in client.list_artifacts(run.info.run_id))
+
+
+def test_no_validation_subjects_still_leaves_model_for_evaluation(tmp_path):
+    """A cohort without validation subjects: training saves its final network as model.pt; evaluate finds it."""
+    cohort = str(tmp_path / "cohort")
+    make_tiny_cohort(cohort, splits={"training": 1, "validation": 0, "test": 1})
+    runs = str(tmp_path / "runs")
+    _train(cohort, runs)
+    model_file = os.path.join(runs, "m2diff", "checkpoints", "model.pt")
+    final = torch.load(os.path.join(runs, "m2diff", "checkpoints", "model_final.pt"), weights_only=True)
+    saved = torch.load(model_file, weights_only=True)
+    assert set(saved) == set(final) and all(torch.equal(saved[k], final[k]) for k in saved)
+    assert all(v.device.type == "cpu" for v in saved.values())
+    # evaluate.json's defaults look for runs_dir/m2diff/checkpoints/model.pt: no --model_file needed
+    run_workflow(["train", "evaluate"], "infer", dataset_dir=cohort, runs_dir=runs, num_inference_steps=1)
+    assert os.path.exists(os.path.join(runs, "eval", "test", "m2diff", "metrics.csv"))
+
+
+def test_model_file_is_from_this_run(cohort, tmp_path):
+    """A model.pt left by an earlier run is replaced when this run saved no validated model (no validation round)."""
+    runs = str(tmp_path)
+    checkpoints = os.path.join(runs, "m2diff", "checkpoints")
+    os.makedirs(checkpoints)
+    torch.save({"stale": torch.zeros(1)}, os.path.join(checkpoints, "model.pt"))
+    _train(cohort, runs, val_interval=5)
+    assert "stale" not in torch.load(os.path.join(checkpoints, "model.pt"), weights_only=True)
+
+
+def test_fine_tune_from_shipped_weights(cohort, tmp_path):
+    """pretrained_ckpt loads the shipped plain state_dict: with a zero learning rate the network stays as shipped."""
+    shipped_file = os.path.join(BUNDLE_ROOT, "models", "model.pt")
+    shipped = torch.load(shipped_file, weights_only=True)
+    runs = str(tmp_path)
+    _train(cohort, runs, pretrained_ckpt=shipped_file, learning_rate=0.0, val_interval=5)
+    final = torch.load(os.path.join(runs, "m2diff", "checkpoints", "model_final.pt"), weights_only=True)
+    assert all(torch.equal(final[k], shipped[k]) for k in shipped)
+
+
+def test_resume_from_bare_weights_names_pretrained_ckpt(cohort, tmp_path):
+    shipped_file = os.path.join(BUNDLE_ROOT, "models", "model.pt")
+    with pytest.raises(RuntimeError) as error:  # MONAI wraps the config expression's error
+        _train(cohort, str(tmp_path), resume_ckpt=shipped_file)
+    message = str(error.value.__cause__)
+    assert shipped_file in message and "use --pretrained_ckpt" in message

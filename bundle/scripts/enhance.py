@@ -164,7 +164,7 @@ class StudyEnhancer(SupervisedEvaluator):
             pet_path = batchdata.get("pet_input", batchdata.get("pet"))
             record["message"] = _error_message(exc, study_id, pet_path if isinstance(pet_path, str) else None)
             if not find_study_error(exc):
-                logger.exception(f"study '{study_id}': unexpected error")
+                logger.debug(f"study '{study_id}': unexpected error", exc_info=True)  # to the run's log file
             logger.error(record["message"])
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -176,8 +176,11 @@ class StudyEnhancer(SupervisedEvaluator):
 class StudySummaryHandler:
     """Log each study's result and write ``<output_dir>/summary.json``; fail the run if a study failed.
 
-    ``summary.json``: ``{"complete", "ok", "failed", "settings", "studies": [...]}`` with one record per study
-    holding :attr:`FIELDS` (status "ok"/"failed", the error message, the written outputs, seconds, network calls ...).
+    ``summary.json``: ``{"complete", "started", "ok", "failed", "settings", "log", "studies": [...],
+    "earlier_runs": [...]}`` with one record per study holding :attr:`FIELDS` (status "ok"/"failed", the error
+    message, the written outputs, seconds, network calls ...). A run into a folder that already holds a summary keeps
+    the earlier runs' summaries under ``earlier_runs`` (oldest first). Details of unexpected errors (tracebacks) go to
+    the run's log file ``<output_dir>/logs/run-<started>.log``, not to the terminal.
 
     Args:
         output_dir: results folder.
@@ -194,6 +197,10 @@ class StudySummaryHandler:
         self.settings = dict(settings or {})
         self.raise_on_failure = raise_on_failure
         self.studies: list[dict] = []
+        self.earlier_runs: list[dict] = []
+        self.started_at = ""
+        self.log_file: Path | None = None
+        self._log_handler: logging.Handler | None = None
 
     def attach(self, engine: Any) -> None:
         from ignite.engine import Events
@@ -202,8 +209,43 @@ class StudySummaryHandler:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
         engine.add_event_handler(Events.COMPLETED, self.completed)
 
+    @property
+    def path(self) -> Path:
+        return Path(self.output_dir) / SUMMARY_NAME
+
+    def _read_earlier_runs(self) -> list[dict]:
+        """The runs recorded in an existing ``summary.json`` (its own run last), oldest first."""
+        try:
+            earlier = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return []
+        if not isinstance(earlier, dict):
+            return []
+        runs = earlier.pop("earlier_runs", None) or []
+        return [run for run in runs if isinstance(run, dict)] + [earlier]
+
+    def _open_log(self) -> None:
+        self.log_file = Path(self.output_dir) / "logs" / f"run-{self.started_at.replace(':', '')}.log"
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self._log_handler = logging.FileHandler(self.log_file)
+        self._log_handler.setLevel(logging.DEBUG)
+        self._log_handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
+        scripts_logger = logging.getLogger("scripts")
+        scripts_logger.setLevel(logging.DEBUG)  # the console handlers keep their own (INFO) level
+        scripts_logger.addHandler(self._log_handler)
+
+    def _close_log(self) -> None:
+        if self._log_handler is not None:
+            logging.getLogger("scripts").removeHandler(self._log_handler)
+            self._log_handler.close()
+            self._log_handler = None
+
     def started(self, engine: Any) -> None:
+        self._close_log()  # left open by a run that stopped with an exception
         self.studies = []
+        self.started_at = time.strftime("%Y-%m-%dT%H:%M:%S")
+        self.earlier_runs = self._read_earlier_runs()
+        self._open_log()
 
     def iteration_completed(self, engine: Any) -> None:
         output = engine.state.output or {}
@@ -213,7 +255,7 @@ class StudySummaryHandler:
             logger.info(
                 f"study '{record['id']}': done in {record['seconds']:.1f} s -> {record['outputs'].get('enhanced')}"
             )
-        write_json(self.summary(complete=False), Path(self.output_dir) / SUMMARY_NAME)  # progress, if killed later
+        write_json(self.summary(complete=False), self.path)  # progress, if killed later
 
     @property
     def failed(self) -> list[dict]:
@@ -223,18 +265,23 @@ class StudySummaryHandler:
         """The summary so far; ``complete`` is ``False`` while studies remain."""
         return {
             "complete": complete,
+            "started": self.started_at,
             "ok": len(self.studies) - len(self.failed),
             "failed": len(self.failed),
             "settings": self.settings,
+            "log": None if self.log_file is None else str(self.log_file),
             "studies": self.studies,
+            "earlier_runs": self.earlier_runs,
         }
 
     def completed(self, engine: Any) -> None:
-        path = write_json(self.summary(), Path(self.output_dir) / SUMMARY_NAME)
+        path = write_json(self.summary(), self.path)
+        self._close_log()
         failed = self.failed
         logger.info(f"{len(self.studies) - len(failed)} of {len(self.studies)} studies enhanced; summary: {path}")
         if failed and self.raise_on_failure:
             lines = "\n".join(f"  - {s['message']}" for s in failed)
-            message = f"{len(failed)} of {len(self.studies)} studies failed (see {path}):\n{lines}"
+            where = f"summary: {path}; details: {self.log_file}"
+            message = f"{len(failed)} of {len(self.studies)} studies failed ({where}):\n{lines}"
             logger.error(message)
             raise StudiesFailedError(message)

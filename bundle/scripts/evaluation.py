@@ -4,12 +4,14 @@ configs/evaluate.json runs inference's preprocessing (``NormaliseStudyd``) and s
 ``scripts.enhance.StudyPrepareBatch`` gives the inferer ``[LD, MRI]`` and the dose level (for dose-dependent baselines).
 :class:`StudyEvaluationHandler` is attached to the evaluator of configs/evaluate.json: after each study it puts the
 output back into activity units (x ``pet_scale``), scores it against the standard-dose (SD) and the noise-free SD
-images (``scripts.metrics``), times it, and draws a panel; at the end it writes ``metrics.csv`` and ``summary.json``.
+images (``scripts.metrics``), times it, and draws a panel (``scripts.plotting``); at the end it writes
+``metrics.csv`` and ``summary.json``.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import time
 from collections import defaultdict
@@ -20,8 +22,13 @@ from ignite.engine import Engine, Events
 
 from scripts import metrics
 from scripts.io.writers import atomic_path, write_json
+from scripts.plotting import evaluation_figure, save_figure, slice_position
+
+logger = logging.getLogger(__name__)
 
 REFERENCES = {"sd": "pet_sd", "sd_noisefree": "pet_sd_noisefree"}
+#: columns of the console table (mean +- SD over studies)
+TABLE_METRICS = ("psnr", "ssim", "nmse", "mean_bias_pct", "suvr_bias_pct")
 METRIC_NAMES = ("psnr", "ssim", "nmse", "mean_bias_pct", "suvr_bias_pct", "slice_psnr", "slice_ssim")
 
 
@@ -83,29 +90,32 @@ def summarise(rows: list[dict]) -> dict:
     return summary
 
 
-def save_panel(path: str, images: dict[str, np.ndarray], title: str) -> None:
-    """PNG of one axial slice of each image (MRI, LD, enhanced, SD, |error|, uncertainty)."""
-    import matplotlib
+def summary_table(summary: dict) -> str:
+    """The summary's metrics as a text table: one row per (reference, dose level, group), mean +- SD."""
+    header = ["reference", "dose", "group", "n"] + list(TABLE_METRICS)
+    rows = []
+    for reference, doses in summary.items():
+        for dose, groups in doses.items():
+            for group, entry in groups.items():
+                cells = [reference, dose.replace("drf", "1/"), group, str(entry["n"])]
+                for name in TABLE_METRICS:
+                    value = entry.get(name)
+                    cells.append("-" if value is None else f"{value['mean']:.4g} +- {value['std']:.2g}")
+                rows.append(cells)
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    pet_max = float(np.percentile(images["standard dose"], 99.5)) or 1.0
-    fig, axes = plt.subplots(1, len(images), figsize=(2.6 * len(images), 3.0))
-    for ax, (name, image) in zip(axes, images.items()):
-        if name == "MRI":
-            vmax = float(np.percentile(image, 99.5)) or 1.0
-        elif name in ("|error|", "uncertainty (std)"):
-            vmax = 0.25 * pet_max
-        else:
-            vmax = pet_max
-        ax.imshow(np.rot90(image), cmap="gray" if name == "MRI" else "magma", vmin=0, vmax=vmax)
-        ax.set_title(name, fontsize=9)
-        ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+def final_metrics(summary: dict) -> dict[str, float]:
+    """Flat ``{"<metric>_<reference>_<drfK>_<group>": mean}`` of a summary (for experiment trackers)."""
+    flat = {}
+    for reference, doses in summary.items():
+        for dose, groups in doses.items():
+            for group, entry in groups.items():
+                for name in TABLE_METRICS:
+                    if entry.get(name) is not None:
+                        flat[f"{name}_{reference}_{dose}_{group}"] = entry[name]["mean"]
+    return flat
 
 
 class StudyEvaluationHandler:
@@ -143,7 +153,7 @@ class StudyEvaluationHandler:
         engine.add_event_handler(Events.STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_STARTED, self._tic)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._score)
-        engine.add_event_handler(Events.COMPLETED, self._write)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)  # before a tracker's epoch-end logging
 
     def _reset(self, engine: Engine) -> None:
         self.rows = []
@@ -193,11 +203,16 @@ class StudyEvaluationHandler:
         }
         os.makedirs(os.path.join(self.output_dir, "panels"), exist_ok=True)
         name = f"{info['id']}_drf{info['dose_reduction_factor']}"
-        title = f"{self.method}: {info['id']} ({info['group']}), dose 1/{info['dose_reduction_factor']}, slice {k}"
-        save_panel(os.path.join(self.output_dir, "panels", f"{name}.png"), images, title)
+        title = f"{self.method}: {info['id']} ({info['group']}), dose 1/{info['dose_reduction_factor']}"
+        affine = study.get("affine")
+        position = slice_position(affine, 2, k, mask.shape)
+        figure = evaluation_figure(images, title, units="Bq/ml", affine=affine, position=position)
+        save_figure(figure, os.path.join(self.output_dir, "panels", f"{name}.png"))
 
     def _write(self, engine: Engine) -> None:
+        """Write ``metrics.csv`` and ``summary.json``, log the table, put the means in ``engine.state.metrics``."""
         if not self.rows:
+            logger.warning(f"{self.method}: no study was scored")
             return
         with atomic_path(os.path.join(self.output_dir, "metrics.csv")) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(self.rows[0]))
@@ -212,4 +227,8 @@ class StudyEvaluationHandler:
             "network_calls_per_volume": float(np.mean([r["network_calls_per_volume"] for r in self.rows])),
             "metrics": summarise(self.rows),
         }
-        write_json(summary, os.path.join(self.output_dir, "summary.json"))
+        path = write_json(summary, os.path.join(self.output_dir, "summary.json"))
+        engine.state.metrics.update(final_metrics(summary["metrics"]))
+        steps = f", {self.num_inference_steps} DDIM steps" if self.num_inference_steps else ""
+        title = f"{self.method}{steps}: {summary['num_studies']} studies, {summary['seconds_per_volume']:.1f} s/volume"
+        logger.info(f"{title}\n{summary_table(summary['metrics'])}\nsummary: {path}")

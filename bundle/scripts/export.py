@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import os
+
 import torch
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 
 def export_network(network: nn.Module, path: str, height: int = 128, width: int = 128) -> str:
@@ -14,7 +19,7 @@ def export_network(network: nn.Module, path: str, height: int = 128, width: int 
 
     Args:
         network: an :class:`scripts.network.M2DiffNet` (MRI-guided path).
-        path: output file.
+        path: output file (its folder is created).
         height: slice height, divisible by the network's ``downsample_factor``.
         width: slice width, divisible by the network's ``downsample_factor``.
 
@@ -26,5 +31,7 @@ def export_network(network: nn.Module, path: str, height: int = 128, width: int 
     example = (torch.zeros(2, channels, height, width), torch.zeros(2, dtype=torch.long))
     batch = torch.export.Dim("batch", min=1, max=1024)
     program = torch.export.export(network, example, dynamic_shapes=({0: batch}, {0: batch}))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     torch.export.save(program, path)
+    logger.info(f"exported the network ({height}x{width} slices, dynamic batch) to {os.path.abspath(path)}")
     return path

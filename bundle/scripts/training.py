@@ -8,11 +8,14 @@ The engines are MONAI's own (``SupervisedTrainer``): this file only says what on
 - :class:`DiffusionPrepareBatch` noises the standard-dose slice and returns ``([x_t, LD, MRI], SD, (t,), kwargs)``
   with per-sample MRI dropout; :class:`RegressionPrepareBatch` returns ``([LD, MRI], SD)``.
 - :class:`MultiTaskDiffusionLoss` is the paper's ``w_pet MSE(pet, SD) + w_mri MSE(mri, SD) + w_cons MSE(pet, mri)``.
+- :class:`ModelFileFallback` makes sure a finished training leaves ``model.pt`` (the final network when validation
+  never saved a best one).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 
@@ -27,8 +30,12 @@ from torch import nn
 from scripts.normalise import PET_SCALE_KEY, NormaliseStudyd
 from scripts.sampler import slice_stack
 
+logger = logging.getLogger(__name__)
+
 DOSE_KEY = "pet_drf{}"
 PATH_SUFFIXES = (".nii", ".nii.gz", ".json", ".npy", ".npz")
+#: what a resumable checkpoint (``checkpoint_final.pt``) holds besides the network
+RESUME_KEYS = ("network", "optimizer", "lr_scheduler", "trainer")
 
 
 def load_cohort(
@@ -66,6 +73,8 @@ def load_cohort(
             continue
         for drf in drfs:
             records.append(dict(record, pet_low_dose=record[DOSE_KEY.format(drf)], dose_reduction_factor=drf))
+    if not records:
+        logger.warning(f"split {split!r} of {datalist_file} has no subjects")
     return records
 
 
@@ -248,3 +257,76 @@ class MultiTaskDiffusionLoss(nn.Module):
             + self.mri_weight * mse(mri_head, target)
             + self.consistency_weight * mse(pet_head, mri_head)
         )
+
+
+def check_resume_checkpoint(path: str | None) -> str | None:
+    """Check that ``path`` (``resume_ckpt``) is a resumable training checkpoint, not bare network weights.
+
+    Raises:
+        ValueError: naming the file and pointing to ``pretrained_ckpt`` when it holds only network weights.
+    """
+    if not path:
+        return path
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    missing = [key for key in RESUME_KEYS if key not in checkpoint]
+    if missing:
+        raise ValueError(
+            f"resume_ckpt {path} is not a training checkpoint (no {', '.join(missing)}): to fine-tune from network "
+            "weights such as models/model.pt use --pretrained_ckpt instead"
+        )
+    return path
+
+
+def require_model_file(path: str | None) -> str | None:
+    """Check, before evaluation starts, that the trained network ``path`` exists (``None``: no network needed).
+
+    Raises:
+        FileNotFoundError: naming the file and how to get it.
+    """
+    if path and not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"model file {path} not found: train first (configs/train.json with the same --runs_dir leaves "
+            "<runs_dir>/<method>/checkpoints/model.pt) or pass --model_file /path/to/model.pt"
+        )
+    return path
+
+
+class ModelFileFallback:
+    """Save the network's final weights as ``model.pt`` when this training run did not write one.
+
+    ``model.pt`` is normally the best network by the validation key metric (a ``CheckpointSaver`` of the validation
+    handlers); a run without validation subjects (or without a validation round) would otherwise leave no
+    ``model.pt``, or a stale one from an earlier run, for evaluation and inference. The weights are a plain CPU
+    state_dict (unwrapped from ``DistributedDataParallel``). Attach it on rank 0 only.
+
+    Args:
+        network: the trained network (or its ``DistributedDataParallel`` wrapper).
+        path: the model file, e.g. ``<ckpt_dir>/model.pt``.
+    """
+
+    def __init__(self, network: nn.Module, path: str) -> None:
+        self.network = network
+        self.path = path
+        self._mtime_at_start: int | None = None
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self.started)
+        engine.add_event_handler(Events.COMPLETED, self.completed)
+
+    def _mtime(self) -> int | None:
+        return os.stat(self.path).st_mtime_ns if os.path.exists(self.path) else None
+
+    def started(self, engine=None) -> None:
+        self._mtime_at_start = self._mtime()
+
+    def completed(self, engine=None) -> None:
+        mtime = self._mtime()
+        if mtime is not None and mtime != self._mtime_at_start:
+            return  # validation saved this run's best network
+        network = getattr(self.network, "module", self.network)
+        state = {key: value.detach().cpu() for key, value in network.state_dict().items()}
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        torch.save(state, self.path)
+        logger.warning(f"validation saved no model in this run: saved the final network as {self.path}")

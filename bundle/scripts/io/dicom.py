@@ -292,8 +292,9 @@ def write_derived_series(
     """Write ``volume`` as a new derived series with the source series' geometry, atomically.
 
     Each output slice copies its source slice's header (patient, study, FrameOfReferenceUID, position, orientation,
-    spacing), gets new SOP/Series Instance UIDs, ImageType DERIVED\\SECONDARY, the given SeriesDescription and Units,
-    a Source/ReferencedImageSequence pointing at the source slice, and int16 pixels with its own RescaleSlope.
+    spacing), gets new SOP/Series Instance UIDs, ImageType DERIVED\\SECONDARY, the given SeriesDescription (after
+    "RESEARCH ONLY: ") and Units, ImageComments "RESEARCH USE ONLY - not for diagnosis", a
+    Source/ReferencedImageSequence pointing at the source slice, and int16 pixels with its own RescaleSlope.
 
     Args:
         volume: ``(columns, rows, slices)`` values in the array order of :func:`read_dicom_series`.
@@ -325,6 +326,11 @@ def write_derived_series(
     return written
 
 
+#: every derived series says it is for research use (SeriesDescription starts with the short form)
+RESEARCH_USE = "RESEARCH USE ONLY - not for diagnosis"
+RESEARCH_USE_SHORT = "RESEARCH ONLY"
+
+
 def _derived_slice(
     src: Dataset, pixels: np.ndarray, series_uid: str, description: str, units: str, derivation: str
 ) -> Dataset:
@@ -350,7 +356,8 @@ def _derived_slice(
     ds.SOPInstanceUID = generate_uid()
     ds.SeriesInstanceUID = series_uid
     ds.SeriesNumber = int(src.get("SeriesNumber", 0) or 0) + 1000
-    ds.SeriesDescription = description[:64]
+    ds.SeriesDescription = f"{RESEARCH_USE_SHORT}: {description}"[:64]
+    ds.ImageComments = f"{RESEARCH_USE}. {derivation}"[:10240]
     ds.DerivationDescription = derivation[:1024]
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.Units = units

@@ -19,6 +19,7 @@ from monai.transforms import MapTransform, Transform
 
 from .dicom import suv_calibration, write_derived_series
 from .errors import StudyError
+from .formats import check_image_format
 from .options import flag
 from .options import output_units as parse_output_units
 from .studies import study_outputs
@@ -106,6 +107,7 @@ class LoadStudyd(Transform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
+        check_image_format(d["pet"], "PET")
         pet = check_volume(read_volume(d["pet"]), "PET")
         _check_modality(pet, "PT", "PET")
         d["units"] = units_for_study(d, pet, self.output_units)
@@ -117,6 +119,7 @@ class LoadStudyd(Transform):
         }
         d["pet_input"] = pet.path
         if d.get("mri"):
+            check_image_format(d["mri"], "MRI")
             mri = check_volume(read_volume(d["mri"]), "MRI")
             _check_modality(mri, "MR", "MRI")
             coverage = overlap_fraction(pet, mri)
@@ -124,7 +127,7 @@ class LoadStudyd(Transform):
                 raise StudyError(
                     f"PET and MRI do not overlap in space (MRI {mri.path} lies outside the PET field of view); "
                     "check that both come from the same patient and scanner coordinate system",
-                    pet.path,
+                    mri.path,
                 )
             if coverage < MIN_MRI_COVERAGE:
                 logger.warning(

@@ -1,0 +1,39 @@
+"""Unknown ``--key`` options of ``python -m monai.bundle run`` stop the run with one line naming the closest key."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from workflow_testing import BUNDLE_ROOT, config_files
+
+from scripts.cli import unknown_keys
+
+
+def _argv(configs: list[str], *options: str) -> list[str]:
+    return ["monai/bundle/__main__.py", "run", "--config_file", str(config_files(*configs)), *options]
+
+
+def test_unknown_keys_name_the_closest_known_key():
+    messages = unknown_keys(_argv(["inference"], "--num_sample", "4", "--bundle_root", "bundle", "--seed=1"))
+    assert len(messages) == 1 and "--num_sample;" in messages[0] and "--num_samples?" in messages[0]
+    messages = unknown_keys(_argv(["train", "evaluate"], "--max_epoch", "3", "--validate#dataset#cache_rate", "0"))
+    assert len(messages) == 1 and "--max_epochs?" in messages[0]  # nested ids of the configs are known too
+    assert unknown_keys(_argv(["train"], "--eval_split", "test")) != []  # evaluate.json's keys only with it
+    assert unknown_keys(_argv(["train", "evaluate"], "--eval_split", "test", "--meta_file", "m.json")) == []
+
+
+def test_typo_stops_inference_before_any_work(tmp_path):
+    output_dir = tmp_path / "out"
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
+    command += ["--bundle_root", ".", "--output_dir", str(output_dir), "--num_sample", "4"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run(command, cwd=BUNDLE_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if "num_sample" in line]
+    assert errors == [
+        "unknown option --num_sample; did you mean --num_samples? (see the config's _desc_ for the options)"
+    ]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not output_dir.exists()  # stopped before any work

@@ -1,0 +1,55 @@
+"""The shared plotting style: QC and evaluation panels a clinician can read (units, positions, sides, masking)."""
+
+from __future__ import annotations
+
+import numpy as np
+from inference_testing import blob_volume, grid_affine
+
+from scripts.plotting import evaluation_figure, lr_labels, qc_figure
+
+
+def _texts(figure) -> list[str]:
+    return [t.get_text() for ax in figure.axes for t in ax.texts]
+
+
+def _image_axes(figure) -> list:
+    return [ax for ax in figure.axes if ax.get_images() and ax.get_title()]
+
+
+def _colour_bar_labels(figure) -> list[str]:
+    return [ax.get_ylabel() for ax in figure.axes if not ax.get_title() and ax.get_ylabel()]
+
+
+def test_qc_panel_columns_units_positions_and_sides():
+    pet = blob_volume((20, 24, 10))
+    affine = grid_affine()
+    figure = qc_figure(pet, pet, mri_t1=pet, title="s1", affine=affine, units="BQML (assumed for NIfTI)")
+    titles = [ax.get_title() for ax in _image_axes(figure)]
+    assert len(titles) == 6 and not any("uncertainty" in t for t in titles)  # no empty uncertainty column
+    assert titles[0].startswith("MRI T1") and "low-dose PET (input)" in titles[1] and "enhanced PET" in titles[2]
+    assert all("mm" in t for t in titles) and "axial, z = " in titles[1] and "coronal, y = " in titles[4]
+    assert _colour_bar_labels(figure) == ["Bq/ml"] * 4  # both PET columns, both rows; the MRI has none
+    assert _texts(figure).count("L") == 6 and _texts(figure).count("R") == 6
+    assert _image_axes(figure)[1].get_images()[0].get_cmap().name == "hot"
+
+
+def test_uncertainty_column_is_masked_to_the_head():
+    pet = blob_volume((20, 24, 10), background=0.0)
+    uncertainty = np.full(pet.shape, 5.0, np.float32)
+    figure = qc_figure(pet, pet, uncertainty=uncertainty, affine=grid_affine(), units="GML")
+    axes = _image_axes(figure)
+    assert len(axes) == 6 and axes[2].get_title().startswith("uncertainty")
+    shown = np.ma.filled(axes[2].get_images()[0].get_array().astype(float), np.nan)
+    assert np.isnan(shown).any() and np.nanmax(shown) == 5.0  # background hidden, head shown
+    assert "SD, SUV (g/ml)" in _colour_bar_labels(figure)
+
+
+def test_sides_follow_the_affine_and_evaluation_panel_shares_the_style():
+    flipped = np.diag([-2.0, 2.0, 2.0, 1.0])
+    assert lr_labels(np.eye(4)) == ("L", "R") and lr_labels(flipped) == ("R", "L")
+    assert lr_labels(np.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])) is None
+    plane = blob_volume((20, 24, 10))[..., 5]
+    names = ["MRI", "low dose", "enhanced", "standard dose", "|error|", "uncertainty (std)"]
+    figure = evaluation_figure({n: plane for n in names}, "m2diff: sub-1", affine=np.eye(4), position="z = 5.0 mm")
+    assert len(_image_axes(figure)) == 6 and _colour_bar_labels(figure).count("Bq/ml") == 5
+    assert "z = 5.0 mm" in figure._suptitle.get_text() and _texts(figure).count("L") == 6
