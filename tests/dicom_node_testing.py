@@ -146,7 +146,7 @@ class CountingStorage:
 class Orthanc:
     """An Orthanc server on loopback ports with its own storage, knowing the node as modality ``m2diff``."""
 
-    def __init__(self, folder: Path, node_port: int | None = None) -> None:
+    def __init__(self, folder: Path) -> None:
         self.http_port, self.dicom_port = free_port(), free_port()
         folder.mkdir(parents=True, exist_ok=True)
         config = {

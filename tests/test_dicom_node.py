@@ -129,3 +129,32 @@ def test_orthanc_round_trip(tmp_path):
     run_workflow(datalist, tmp_path / "nifti", weights)
     expected = nib.load(tmp_path / "nifti" / "guided" / "guided_enhanced.nii.gz").get_fdata()
     np.testing.assert_allclose(values, expected, rtol=0, atol=float(np.abs(expected).max()) / 20000)
+
+
+def test_sigkill_while_enhancing_then_restart_sends_each_instance_once(tmp_path):
+    weights = save_tiny_weights(tmp_path / "model.pt")
+    study = make_study(tmp_path / "study", seed=1)
+    destination = CountingStorage()
+    processing = tmp_path / "spool" / "processing"
+    try:
+        node, port = start_node(tmp_path, weights, destination.port, destination.ae_title)
+        try:
+            assert set(push(study_files(study), port)) == {0x0000}  # acknowledged = on disk
+            claimed = wait_for(lambda: list(processing.iterdir()), 60, "the study to be claimed", interval_s=0.02)
+            os.kill(node.pid, signal.SIGKILL)
+            node.wait(timeout=30)
+        finally:
+            stop(node)
+        assert not (claimed[0] / ENHANCED_MARKER).exists() and destination.received == []  # killed while enhancing
+
+        node, _ = start_node(tmp_path, weights, destination.port, destination.ae_title)
+        try:
+            done = wait_for(lambda: list((tmp_path / "spool" / "done").iterdir()), 120, "the study after restart")
+        finally:
+            stop(node)
+    finally:
+        destination.shutdown()
+    assert [d.name for d in done] == [study["study_uid"]] and list(processing.iterdir()) == []
+    sop_uids = [sop for _, sop in destination.received]
+    assert len(sop_uids) == len(set(sop_uids)) == SLICES and len({series for series, _ in destination.received}) == 1
+    assert "resuming after a restart" in (tmp_path / "node.log").read_text()
