@@ -6,17 +6,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from inference_testing import (
-    BUNDLE,
-    CONFIG,
-    LOGGING,
-    META,
-    TINY_NETWORK,
-    nifti_study,
-    save_tiny_weights,
-    write_datalist,
-)
+from inference_testing import TINY_NETWORK, nifti_study, save_tiny_weights, write_datalist
 from network_testing import tiny_network
+from workflow_testing import run_workflow
 
 from scripts.onnx_network import OnnxNetwork, export_onnx, mri_free_path
 from scripts.sampler import DDIMVolumeSampler
@@ -55,31 +47,16 @@ def test_sampler_runs_the_onnx_network_unchanged(exported):
         assert relative_error(actual, expected) < 1e-4
 
 
-def bundle_workflow(configs: list[str], run_id: str = "run", **overrides):
-    from monai.bundle import ConfigWorkflow
-
-    files = [str(CONFIG)] + [str(BUNDLE / "configs" / f"{name}.json") for name in configs]
-    workflow = ConfigWorkflow(
-        config_file=files,
-        meta_file=str(META),
-        logging_file=str(LOGGING),
-        bundle_root=str(BUNDLE),
-        run_id=run_id,
-        workflow_type=None,
-        **{**TINY_NETWORK, **overrides},
-    )
-    workflow.initialize()
-    try:
-        workflow.run()
-    finally:
-        workflow.finalize()
-    return workflow
+def bundle_workflow(configs: list[str], **overrides):
+    return run_workflow(["inference", *configs], "inference", **{**TINY_NETWORK, **overrides})
 
 
 def test_configs_export_then_enhance_like_pytorch(tmp_path):
     weights = save_tiny_weights(tmp_path / "model.pt")
     onnx_path = tmp_path / "model.onnx"
-    bundle_workflow(["export_onnx"], "export_onnx", ckpt_path=str(weights), onnx_path=str(onnx_path), onnx_dynamo=False)
+    bundle_workflow(
+        ["export_onnx"], run_id="export_onnx", ckpt_path=str(weights), onnx_path=str(onnx_path), onnx_dynamo=False
+    )
     assert onnx_path.is_file() and (tmp_path / "model_mri_free.onnx").is_file()
     assert mri_free_path(onnx_path) == str(tmp_path / "model_mri_free.onnx")
     records = [nifti_study(tmp_path / "data", "guided"), nifti_study(tmp_path / "data", "free", with_mri=False)]

@@ -82,7 +82,7 @@ def export_onnx(network: nn.Module, path: str | os.PathLike, dynamo: bool = True
     metadata = {"downsample_factor": str(factor), "context_slices": str(network.context_slices)}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     written = []
-    for module, target in ((network, str(path)), (_MriFreeForward(network), mri_free_path(path))):
+    for module, target in ((network, str(path)), (_MriFreeForward(network).eval(), mri_free_path(path))):
         with torch.no_grad():
             _export_graph(module, example, target, dynamo, factor)
         model = onnx.load(target)
