@@ -13,6 +13,7 @@ import pytest
 from dicom_node_testing import (
     CountingStorage,
     Orthanc,
+    free_port,
     make_study,
     push,
     series_values,
@@ -21,10 +22,11 @@ from dicom_node_testing import (
     study_files,
     wait_for,
 )
-from inference_testing import run_workflow, save_tiny_weights, write_datalist
+from inference_testing import BUNDLE, run_workflow, save_tiny_weights, write_datalist
 
-from scripts.dicom_node import Spool, StudyFailed, study_inputs
-from scripts.dicom_node.node import ENHANCED_MARKER
+from scripts.dicom_node import DicomNode, Spool, StudyFailed, study_inputs
+from scripts.dicom_node.node import ENHANCED_MARKER, OUTPUT_DIR, STUDY_ID
+from scripts.dicom_node.sender import SENT_LOG
 
 SLICES = 10
 
@@ -158,3 +160,36 @@ def test_sigkill_while_enhancing_then_restart_sends_each_instance_once(tmp_path)
     sop_uids = [sop for _, sop in destination.received]
     assert len(sop_uids) == len(set(sop_uids)) == SLICES and len({series for series, _ in destination.received}) == 1
     assert "resuming after a restart" in (tmp_path / "node.log").read_text()
+
+
+def enhanced_study(spool: Spool, study: dict, sent: int = 0):
+    """A claimed study as a node leaves it after enhancing (marker, derived series) and sending ``sent`` instances."""
+    folder = spool.claim(spool_study(spool, study))
+    derived = folder / OUTPUT_DIR / STUDY_ID / f"{STUDY_ID}_enhanced_dicom"
+    shutil.copytree(study["pet"], derived)
+    (folder / ENHANCED_MARKER).touch()
+    sop_uids = sorted(pydicom.dcmread(p).SOPInstanceUID for p in derived.iterdir())
+    (folder / SENT_LOG).write_text("".join(f"{uid}\n" for uid in sop_uids[:sent]))
+    return folder, sop_uids
+
+
+def test_resumed_send_skips_what_was_sent_and_a_dead_destination_fails_the_study(tmp_path):
+    destination = CountingStorage()
+    try:
+        settings = dict(bundle_root=str(BUNDLE), spool_dir=str(tmp_path / "spool"), retry_interval_s=0)
+        node = DicomNode(
+            destination={"host": "127.0.0.1", "port": destination.port, "ae_title": "STORESCP"}, **settings
+        )
+        folder, sop_uids = enhanced_study(node.spool, make_study(tmp_path / "a", seed=1, with_mri=False), sent=3)
+        node.process(folder)
+    finally:
+        destination.shutdown()
+    assert sorted(sop for _, sop in destination.received) == sop_uids[3:]  # killed after 3: the other 7, once
+    assert [p.name for p in node.spool.folder("done").iterdir()] == [folder.name]
+
+    dead = {"host": "127.0.0.1", "port": free_port(), "ae_title": "NOBODY"}
+    node = DicomNode(destination=dead, send_retries=2, **settings)
+    folder, _ = enhanced_study(node.spool, make_study(tmp_path / "b", seed=2, with_mri=False))
+    node.process(folder)
+    reason = (node.spool.folder("failed") / folder.name / "reason.txt").read_text()
+    assert reason.startswith("could not send to NOBODY@127.0.0.1") and "after 2 attempts" in reason

@@ -197,9 +197,12 @@ class DicomNode:
             write_durably(b"", study / SENT_MARKER, self.spool.tmp_dir)
             self.spool.move(study, "done")
             logger.info(f"study {study.name}: sent {sent} instances to {self.sender}")
-        except StudyFailed as exc:
-            target = self.spool.move(study, "failed", str(exc))
-            logger.error(f"study {study.name}: failed: {exc} (moved to {target})")
+        except Exception as exc:  # noqa: B902 - one bad study must not stop the node (or fail again at each restart)
+            reason = str(exc) if isinstance(exc, StudyFailed) else f"unexpected error: {type(exc).__name__}: {exc}"
+            if not isinstance(exc, StudyFailed):
+                logger.exception(f"study {study.name}: unexpected error")
+            target = self.spool.move(study, "failed", reason)
+            logger.error(f"study {study.name}: failed: {reason} (moved to {target})")
 
     def enhance(self, study: Path, pet: Path, mri: Path | None) -> None:
         """Run the inference workflow on the study; writes ``_output/`` and the ``_enhanced`` marker."""
