@@ -78,20 +78,20 @@ def bench_onnx(work: Path, threads: int, repeats: int, dynamo: bool) -> None:
     print(f"  {verdict} the 1.3x target; max relative difference of the outputs {error:.1e}")
 
 
-def bench_processes(work: Path, studies: int, threads: int) -> None:
+def bench_processes(work: Path, studies: int, threads: int, process_counts: list[int]) -> None:
     pet, mri = str(SAMPLE / "sample_pet_drf20.nii.gz"), str(SAMPLE / "sample_t1.nii.gz")
     records = [{"id": f"sample{i}", "pet": pet, "mri": mri} for i in range(studies)]
     datalist = work / "studies.json"
     datalist.write_text(json.dumps(records))
     base = ["-m", "monai.bundle", "run", "--bundle_root", str(BUNDLE), "--datalist", str(datalist)]
-    for processes in (1, 2):
+    for processes in process_counts:
         output_dir = work / f"out{processes}"
         if processes == 1:
             command = [sys.executable, *base, "--config_file", str(BUNDLE / "configs" / "inference.json")]
         else:
             configs = f"['{BUNDLE}/configs/inference.json','{BUNDLE}/configs/multi_gpu_inference.json']"
             command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}"]
-            command += [*base[1:], "--config_file", configs]
+            command += [*base, "--config_file", configs]
         env = dict(os.environ, OMP_NUM_THREADS=str(max(1, threads // processes)), CUDA_VISIBLE_DEVICES="")
         start = time.perf_counter()
         subprocess.run([*command, "--output_dir", str(output_dir)], check=True, capture_output=True, env=env)
@@ -169,6 +169,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads in total (both runtimes, all processes)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--studies", type=int, default=8)
+    parser.add_argument("--process_counts", type=int, nargs="+", default=[1, 2], help="processes per run")
     parser.add_argument("--torchscript_exporter", action="store_true", help="export with dynamo=False (faster)")
     parser.add_argument("--parts", nargs="+", default=["onnx", "processes", "node"], help="what to measure")
     args = parser.parse_args()
@@ -179,7 +180,7 @@ def main() -> None:
         if "onnx" in args.parts:
             bench_onnx(work, args.threads, args.repeats, dynamo=not args.torchscript_exporter)
         if "processes" in args.parts:
-            bench_processes(work, args.studies, args.threads)
+            bench_processes(work, args.studies, args.threads, args.process_counts)
         if "node" in args.parts:
             bench_node(work)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
