@@ -1,0 +1,122 @@
+"""The DICOM node's spool: every received instance is on disk (fsync, atomic rename) before it is acknowledged.
+
+Layout under ``spool_dir``, one folder per study, moved (atomic renames) from state to state::
+
+    incoming/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm   receiving; waits until quiet
+    processing/<study>/                                                     claimed: being enhanced or sent
+    done/<study>/                                                           enhanced and sent
+    failed/<study>/reason.txt                                               never sent; the reason in one line
+
+Inside a study folder, names starting with ``_`` belong to the node: ``_output/`` (the inference results),
+``_enhanced`` (marker: results complete), ``_sent.log`` (one SOPInstanceUID a line, appended after each C-STORE
+success) and ``_sent`` (marker: everything sent). A node restarted after a crash resumes ``processing/`` studies from
+these markers, so a study is enhanced once and each instance is sent once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+import uuid
+from pathlib import Path
+
+STATES = ("incoming", "processing", "done", "failed")
+REASON_NAME = "reason.txt"
+UID_PATTERN = re.compile(r"^[0-9][0-9.]{0,63}$")
+
+
+def fsync_directory(folder: Path) -> None:
+    """Make a rename or a new file in ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(data: bytes, path: Path, tmp_dir: Path) -> Path:
+    """Write ``data`` to ``tmp_dir``, fsync it, rename it to ``path`` and fsync the folder."""
+    tmp = tmp_dir / f"{uuid.uuid4().hex}.part"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, path)
+    fsync_directory(path.parent)
+    return path
+
+
+def series_folders(study: Path) -> list[Path]:
+    """The series folders of a study folder (the node's own ``_`` entries left out)."""
+    return sorted(p for p in study.iterdir() if p.is_dir() and not p.name.startswith("_"))
+
+
+class Spool:
+    """Received instances on disk, grouped by study, and the study state folders.
+
+    Args:
+        spool_dir: root folder (created).
+    """
+
+    def __init__(self, spool_dir: str | os.PathLike) -> None:
+        self.root = Path(spool_dir)
+        self.tmp_dir = self.root / "tmp"
+        for name in (*STATES, "tmp"):
+            (self.root / name).mkdir(parents=True, exist_ok=True)
+        for leftover in self.tmp_dir.iterdir():  # partial writes of a killed node were never acknowledged
+            leftover.unlink()
+        self._lock = threading.Lock()
+
+    def folder(self, state: str) -> Path:
+        return self.root / state
+
+    def store(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> Path:
+        """Durably store one instance (``data``: the file-format bytes) under ``incoming/``.
+
+        Raises:
+            ValueError: when a UID is not a valid DICOM UID (it names a folder).
+        """
+        for name, uid in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid), ("SOP", sop_uid)):
+            if not UID_PATTERN.match(str(uid)):
+                raise ValueError(f"invalid {name} {uid!r}")
+        with self._lock:  # a study is not claimed half-way through an instance
+            return write_durably(
+                data, self.folder("incoming") / study_uid / series_uid / f"{sop_uid}.dcm", self.tmp_dir
+            )
+
+    def quiet_studies(self, quiet_time_s: float) -> list[Path]:
+        """Studies in ``incoming/`` whose newest instance arrived at least ``quiet_time_s`` ago (oldest first)."""
+        now, ready = time.time(), []
+        for study in self.folder("incoming").iterdir():
+            times = [f.stat().st_mtime for f in study.rglob("*") if f.is_file()]
+            newest = max(times, default=study.stat().st_mtime)
+            if now - newest >= quiet_time_s:
+                ready.append((newest, study))
+        return [study for _, study in sorted(ready)]
+
+    def _free_name(self, state: str, name: str) -> Path:
+        target, n = self.folder(state) / name, 1
+        while target.exists():  # late instances of a study already handled form a new job
+            n += 1
+            target = self.folder(state) / f"{name}.{n}"
+        return target
+
+    def claim(self, study: Path) -> Path:
+        """Move a quiet study from ``incoming/`` to ``processing/`` (atomically); returns its new folder."""
+        with self._lock:
+            target = self._free_name("processing", study.name)
+            os.replace(study, target)
+            fsync_directory(target.parent)
+        return target
+
+    def move(self, study: Path, state: str, reason: str | None = None) -> Path:
+        """Move a claimed study to ``done/`` or ``failed/`` (with ``reason.txt``)."""
+        if reason is not None:
+            write_durably((reason.strip() + "\n").encode(), study / REASON_NAME, self.tmp_dir)
+        target = self._free_name(state, study.name)
+        os.replace(study, target)
+        fsync_directory(target.parent)
+        return target
