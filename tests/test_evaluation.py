@@ -117,3 +117,33 @@ def test_missing_model_file_is_named_before_evaluation(cohort, tmp_path):
     message = str(error.value.__cause__)
     assert os.path.join(str(tmp_path), "m2diff", "checkpoints", "model.pt") in message and "train first" in message
     assert not os.path.exists(os.path.join(str(tmp_path), "eval"))
+
+
+def test_faithfulness_metrics_and_subset_rows():
+    """A lesion the method halves, an SD map, and lesion subjects summarised as a row of their own."""
+    import numpy as np
+
+    from scripts.evaluation import score_study, summarise
+
+    shape = (24, 24, 16)
+    reference = np.full(shape, 100.0)
+    lesions = np.zeros(shape, np.int32)
+    lesions[10:14, 10:14, 6:10] = 1
+    reference[lesions == 1] = 200.0  # contrast 2.0
+    enhanced = reference.copy()
+    enhanced[lesions == 1] = 150.0  # contrast 1.5: 25 % lost
+    labels = np.ones(shape, np.int32)
+    study = {"pet_sd": reference, "brain_mask": np.ones(shape), "labels": labels, "lesion_mask": lesions}
+    study.update(affine=np.eye(4), uncertainty=np.abs(enhanced - reference) + 1.0)
+    (row,) = score_study(enhanced, study)
+    assert row["lesion_contrast_err_pct"] == pytest.approx(-25.0)
+    assert row["uncertainty_spearman"] > 0.99 and row["uncertainty_coverage_2sd"] == 1.0
+    assert row["pattern_amplitude"] < 1.0
+    rows = [
+        {**row, "group": "CN", "dose_reduction_factor": 20, "has_lesions": True, "seconds": 1.0},
+        {**row, "group": "AD", "dose_reduction_factor": 20, "has_lesions": False, "seconds": 1.0},
+    ]
+    for r in rows:
+        r.update(network_calls_per_slice=1, network_calls_per_volume=16)
+    summary = summarise(rows)["sd"]["drf20"]
+    assert summary["lesion"]["n"] == 1 and summary["all"]["n"] == 2 and "whole_head" not in summary

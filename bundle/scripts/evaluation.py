@@ -21,6 +21,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from scripts import metrics
+from scripts.faithfulness import lesion_contrast, pattern_retention, uncertainty_calibration
 from scripts.io.writers import atomic_path, write_json
 from scripts.plotting import evaluation_figure, save_figure, slice_position
 
@@ -30,10 +31,40 @@ REFERENCES = {"sd": "pet_sd", "sd_noisefree": "pet_sd_noisefree"}
 #: columns of the console table (mean +- SD over studies)
 TABLE_METRICS = ("psnr", "ssim", "nmse", "mean_bias_pct", "suvr_bias_pct")
 METRIC_NAMES = ("psnr", "ssim", "nmse", "mean_bias_pct", "suvr_bias_pct", "slice_psnr", "slice_ssim")
+#: faithfulness (scripts.faithfulness): worst lesion-contrast error, within-region uptake pattern kept, uncertainty
+FAITHFULNESS_METRICS = ("lesion_contrast_err_pct", "pattern_amplitude", "pattern_correlation")
+FAITHFULNESS_METRICS += ("uncertainty_spearman", "uncertainty_coverage_2sd")
+METRIC_NAMES += FAITHFULNESS_METRICS
+#: study subsets reported as rows of their own besides the CN/AD groups (record flag -> row name)
+SUBSETS = {"has_lesions": "lesion", "t1_whole_head": "whole_head"}
 
 
 def _array(x) -> np.ndarray:
     return np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
+
+
+def _flag(value) -> bool:
+    """A record's true/false flag, also after collation (a one-element list or tensor)."""
+    return bool(np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value).ravel()[:1].any())
+
+
+def _faithfulness(enhanced: np.ndarray, ref: np.ndarray, study: dict, mask: np.ndarray) -> dict:
+    """Lesion contrast, uptake pattern and uncertainty metrics of one study (NaN where they do not apply)."""
+    row = {name: float("nan") for name in FAITHFULNESS_METRICS}
+    lesions = study.get("lesion_mask")
+    if lesions is not None and lesions.any():
+        errors = []
+        for index in np.unique(lesions[lesions > 0]):
+            lesion = lesions == index
+            errors.append(lesion_contrast(enhanced, lesion) / lesion_contrast(ref, lesion) - 1)
+        row["lesion_contrast_err_pct"] = 100 * float(max(errors, key=abs))
+    if "labels" in study:
+        kept = pattern_retention(enhanced, ref, study["labels"])
+        row.update(pattern_amplitude=kept["amplitude"], pattern_correlation=kept["correlation"])
+    if study.get("uncertainty") is not None and study["uncertainty"].any():
+        calibration = uncertainty_calibration(enhanced, study["uncertainty"], ref, mask)
+        row.update(uncertainty_spearman=calibration["spearman"], uncertainty_coverage_2sd=calibration["coverage_2sd"])
+    return row
 
 
 def score_study(enhanced, study: dict, per_slice_threshold: float = 0.05) -> list[dict]:
@@ -42,7 +73,8 @@ def score_study(enhanced, study: dict, per_slice_threshold: float = 0.05) -> lis
     Args:
         enhanced: ``(H, W, D)`` enhanced PET in activity units.
         study: ``pet_sd``, ``pet_sd_noisefree`` (``(H, W, D)``, activity units), ``brain_mask``, ``labels``,
-            ``affine`` (4x4 of the labels' grid).
+            ``affine`` (4x4 of the labels' grid); optional ``lesion_mask`` (one integer per lesion) and
+            ``uncertainty`` (per-voxel SD, activity units).
         per_slice_threshold: mask threshold of the paper's per-slice protocol.
 
     Returns:
@@ -69,6 +101,7 @@ def score_study(enhanced, study: dict, per_slice_threshold: float = 0.05) -> lis
             except ValueError:  # no meta-ROI or pons voxel in this field of view
                 pass
         row.update(metrics.per_slice_protocol(enhanced, ref, per_slice_threshold))
+        row.update(_faithfulness(enhanced, ref, study, mask))
         rows.append(row)
     return rows
 
@@ -77,7 +110,8 @@ def summarise(rows: list[dict]) -> dict:
     """Mean and standard deviation of each metric per (reference, dose level, group) and per (reference, dose)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
-        for group in (row["group"], "all"):
+        subsets = [name for flag, name in SUBSETS.items() if row.get(flag)]
+        for group in (row["group"], *subsets, "all"):
             groups[(row["reference"], int(row["dose_reduction_factor"]), group)].append(row)
     summary: dict = {}
     for (reference, drf, group), members in sorted(groups.items()):
@@ -171,6 +205,9 @@ class StudyEvaluationHandler:
             scale = float(item["pet_scale"])
             pred = _array(out["pred"]) * scale
             study = {k: _array(item[k])[0] for k in ("pet_sd", "pet_sd_noisefree", "brain_mask") if k in item}
+            if "lesion_mask" in item:
+                study["lesion_mask"] = _array(item["lesion_mask"])[0].astype(np.int32)
+            study["uncertainty"] = pred[1]
             if "labels" in item:
                 study["labels"] = _array(item["labels"])[0].astype(np.int32)
                 study["affine"] = _array(item["labels"].affine)
@@ -183,6 +220,7 @@ class StudyEvaluationHandler:
                 "seconds": seconds / len(batch),
                 "network_calls_per_slice": calls,
                 "network_calls_per_volume": calls * pred.shape[-1],
+                **{flag: _flag(item.get(flag)) for flag in SUBSETS},
             }
             for row in score_study(pred[0], study, self.per_slice_threshold):
                 self.rows.append({**info, **row})
