@@ -76,6 +76,7 @@ def test_diffusion_methods_and_baselines(cohort, tmp_path):
 
 
 def test_evaluate_properties(cohort, tmp_path):
+    _save_random_network(["train"], str(tmp_path), "m2diff")  # evaluate.json checks for the model before any work
     workflow = make_workflow(["train", "evaluate"], "infer", dataset_dir=cohort, runs_dir=str(tmp_path))
     workflow.initialize()
     assert workflow.check_properties() == []

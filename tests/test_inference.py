@@ -129,7 +129,7 @@ def test_dicom_study_round_trip_with_suv_uncertainty_and_qc(tmp_path, weights):
     write_dicom_series(blob_volume((20, 24, 10), peak=400, seed=1), tmp_path / "t1_dicom", modality="MR")
     datalist = write_datalist([{"pet": "pet_dicom", "mri": "t1_dicom"}], tmp_path / "studies.json")
     out_bq, out_suv = tmp_path / "out_bq", tmp_path / "out_suv"
-    run_workflow(datalist, out_bq, weights, save_dicom=True, num_samples=2, save_qc_png=True)
+    run_workflow(datalist, out_bq, weights, save_dicom=True, num_samples=2, save_uncertainty="true", save_qc_png=True)
     run_workflow(datalist, out_suv, weights, save_dicom=True, output_units="suv")
     assert study_status(out_bq)["pet_dicom"]["status"] == "ok"
     folder = out_bq / "pet_dicom"
@@ -201,9 +201,11 @@ def test_knobs_given_as_command_line_words(tmp_path, weights):
     run_workflow(datalist, tmp_path / "out", weights, **words)
     assert sorted(p.name for p in (tmp_path / "out" / "w1").iterdir()) == ["w1_enhanced.nii.gz"]
     assert summary(tmp_path / "out")["settings"]["warm_start_timestep"] is None
-    run_workflow(datalist, tmp_path / "warm", weights, warm_start_timestep="500", save_uncertainty="true")
+    run_workflow(datalist, tmp_path / "warm", weights, warm_start_timestep="500", num_samples=2)
     assert summary(tmp_path / "warm")["settings"]["warm_start_timestep"] == 500
-    assert (tmp_path / "warm" / "w1" / "w1_uncertainty.nii.gz").is_file()
+    assert not (tmp_path / "warm" / "w1" / "w1_uncertainty.nii.gz").exists()  # the unvalidated map is opt-in
+    run_workflow(datalist, tmp_path / "sd", weights, num_samples=2, save_uncertainty="true")
+    assert (tmp_path / "sd" / "w1" / "w1_uncertainty.nii.gz").is_file()
 
 
 def test_study_without_mri_goes_to_the_sampler_without_an_mri_channel():

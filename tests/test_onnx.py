@@ -41,9 +41,9 @@ def test_sampler_runs_the_onnx_network_unchanged(exported):
     network, onnx_network = exported
     pet, mri = torch.rand(1, 1, 20, 12, 6) + 0.5, torch.rand(1, 1, 20, 12, 6)  # padded to the down-sampling factor
     sampler = DDIMVolumeSampler(num_inference_steps=3, slice_batch_size=4, seed=1, progress=False)
-    for mri_t1 in (mri, None):
-        expected, _ = sampler(network, pet, mri_t1)
-        actual, _ = sampler(onnx_network, pet, mri_t1)
+    for inputs in (torch.cat([pet, mri], dim=1), pet):  # MRI-guided, then MRI-free
+        expected = sampler(inputs, network)[:, :1]
+        actual = sampler(inputs, onnx_network)[:, :1]
         assert relative_error(actual, expected) < 1e-4
 
 
