@@ -97,7 +97,7 @@ def test_orthanc_round_trip(tmp_path):
             return [
                 s
                 for s in orthanc.get(f"/studies/{ids[name]}/series")
-                if s["MainDicomTags"].get("SeriesDescription", "").startswith("M2Diff")
+                if "M2Diff" in s["MainDicomTags"].get("SeriesDescription", "")  # "RESEARCH ONLY: M2Diff ..."
             ]
 
         def arrived():
