@@ -28,7 +28,11 @@ COLUMNS = (
     ("mean_bias_pct", "bias%", "{:+.2f}"),
     ("suvr_bias_pct", "SUVRb%", "{:+.2f}"),
     ("slice_ssim", "sliceSSIM", "{:.4f}"),
+    ("lesion_contrast_err_pct", "lesion%", "{:+.1f}"),
+    ("pattern_amplitude", "patternAmp", "{:.2f}"),
+    ("pattern_correlation", "patternR", "{:.2f}"),
 )
+GROUPS = ("CN", "AD", "lesion", "whole_head")
 
 
 def run_evaluation(method: str, runs_dir: str, dataset_dir: str, split: str, overrides: dict) -> None:
@@ -58,7 +62,7 @@ def _cell(entry: dict | None, key: str, fmt: str) -> str:
     return fmt.format(value["mean"]) if value else "-"
 
 
-def print_markdown(summaries: dict[str, dict], reference: str, groups: tuple[str, ...] = ("CN", "AD")) -> None:
+def print_markdown(summaries: dict[str, dict], reference: str, groups: tuple[str, ...] = GROUPS) -> None:
     """The same numbers as :func:`print_table` as Markdown tables (one per dose level), for the README."""
     doses = sorted({d for s in summaries.values() for d in s["metrics"].get(reference, {})}, key=lambda d: int(d[3:]))
     titles = [title for _, title, _ in COLUMNS]
@@ -87,7 +91,7 @@ def print_table(summaries: dict[str, dict], reference: str) -> None:
         print(f"\n== dose 1/{dose[3:]} ==\n{header}\n{'-' * len(header)}")
         for method, summary in summaries.items():
             groups = summary["metrics"].get(reference, {}).get(dose, {})
-            for group in ("CN", "AD", "all"):
+            for group in (*GROUPS, "all"):
                 if group not in groups:
                     continue
                 entry = groups[group]
@@ -108,7 +112,7 @@ def main() -> None:
     parser.add_argument("--run_missing", action="store_true", help="evaluate methods that have no summary yet")
     parser.add_argument("--dataset_dir", default=os.path.join(REPO, "data", "sim"))
     parser.add_argument("--num_inference_steps", type=int, default=1)
-    parser.add_argument("--markdown", action="store_true", help="print Markdown tables (CN and AD rows)")
+    parser.add_argument("--markdown", action="store_true", help="print Markdown tables (CN, AD, lesion, whole-head)")
     parser.add_argument("--gaussian_fwhm_mm", type=float, default=None, help="default: evaluate.json's")
     args = parser.parse_args()
     runs_dir = os.path.abspath(args.runs_dir)

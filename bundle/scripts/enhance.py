@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from monai.data import MetaTensor
+from monai.data.utils import affine_to_spacing
 from monai.engines import PrepareBatch, SupervisedEvaluator
 from monai.utils import convert_to_tensor
 from torch import nn
@@ -109,8 +110,8 @@ class StudyPrepareBatch(PrepareBatch):
         pet = batchdata[self.pet_key]
         spacing = None
         if isinstance(pet, MetaTensor):  # a batch shares one grid here: the first study's voxel size
-            pixdim = pet.pixdim[0] if pet.is_batch else pet.pixdim
-            spacing = [float(v) for v in pixdim[:3]]
+            affine = pet.affine[0] if pet.affine.ndim == 3 else pet.affine
+            spacing = [float(v) for v in affine_to_spacing(affine, r=3)]
         return inputs, None, (), {"dose_reduction_factor": drf, "voxel_size_mm": spacing}
 
 
