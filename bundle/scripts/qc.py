@@ -15,6 +15,7 @@ from monai.transforms import Transform
 
 from scripts.io.options import flag
 from scripts.io.studies import study_outputs
+from scripts.normalise import PET_SCALE_KEY
 from scripts.plotting import qc_figure, save_figure
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ class SaveQCPaneld(Transform):
         title = f"{d['id']}" + (f"  (dose reduction factor {d['drf']})" if d.get("drf") else "")
         affine = np.asarray(getattr(d["pet"], "affine", np.eye(4)), dtype=np.float64)
         volumes = [_volume(d.get(k)) for k in ("pet", "pred", "mri", "uncertainty")]
+        scale = float(d.get(PET_SCALE_KEY, 1.0))  # the PET images are still normalised here: back to activity units
+        volumes = [v if v is None or i == 2 else v * scale for i, v in enumerate(volumes)]
         units = (d.get("units") or {}).get("input_units")  # the outputs are converted after this panel
         try:
             save_figure(qc_figure(*volumes, title=title, affine=affine, units=units), path)
