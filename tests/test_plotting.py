@@ -53,3 +53,24 @@ def test_sides_follow_the_affine_and_evaluation_panel_shares_the_style():
     figure = evaluation_figure({n: plane for n in names}, "m2diff: sub-1", affine=np.eye(4), position="z = 5.0 mm")
     assert len(_image_axes(figure)) == 6 and _colour_bar_labels(figure).count("Bq/ml") == 5
     assert "z = 5.0 mm" in figure._suptitle.get_text() and _texts(figure).count("L") == 6
+
+
+def test_qc_panel_shows_activity_units_not_normalised_values(tmp_path, monkeypatch):
+    """The panel is drawn before Invertd: the PET images must be multiplied back by the study's scale."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    import scripts.qc
+    from scripts.normalise import PET_SCALE_KEY
+
+    drawn = {}
+
+    def capture(pet, pred, mri, uncertainty, **kwargs):
+        drawn.update(pet=pet, pred=pred, mri=mri)
+        return plt.figure()
+
+    monkeypatch.setattr(scripts.qc, "qc_figure", capture)
+    pet = torch.full((1, 6, 6, 4), 0.5)
+    data = {"id": "s", "pet": pet, "pred": pet * 2, "mri": torch.ones(1, 6, 6, 4), PET_SCALE_KEY: 8000.0}
+    scripts.qc.SaveQCPaneld(str(tmp_path))(data)
+    assert drawn["pet"].max() == 4000.0 and drawn["pred"].max() == 8000.0 and drawn["mri"].max() == 1.0
