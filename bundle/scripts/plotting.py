@@ -13,8 +13,6 @@ import numpy as np
 PET_CMAP, MRI_CMAP, SPREAD_CMAP = "hot", "gray", "viridis"
 #: display top of PET images: this percentile of the reference image
 TOP_PERCENTILE = 99.5
-#: the head: voxels of the PET above this fraction of the display top
-HEAD_FRACTION = 0.05
 UNIT_LABELS = {"BQML": "Bq/ml", "SUVBW": "SUV (g/ml)", "GML": "SUV (g/ml)", "SUV": "SUV"}
 
 
@@ -30,9 +28,9 @@ def top_value(image: np.ndarray) -> float:
     return float(np.percentile(image, TOP_PERCENTILE)) or 1.0
 
 
-def head_mask(pet: np.ndarray, top: float | None = None) -> np.ndarray:
-    """Voxels of the head: PET above :data:`HEAD_FRACTION` of the display top."""
-    return pet > HEAD_FRACTION * (top if top is not None else top_value(pet))
+def outside_head_hidden(uncertainty: np.ndarray) -> np.ndarray:
+    """The sampler's SD is exactly zero outside the head (``scripts.consistency.head_mask``): hide those voxels."""
+    return np.where(uncertainty > 0, uncertainty, np.nan)
 
 
 def lr_labels(affine: np.ndarray | None) -> tuple[str, str] | None:
@@ -135,7 +133,7 @@ def qc_figure(
     columns += [("low-dose PET (input)", pet_low_dose, "pet", top, label)]
     columns += [("enhanced PET", enhanced, "pet", top, label)]
     if uncertainty is not None:
-        masked = np.where(head_mask(enhanced, top), uncertainty, np.nan)
+        masked = outside_head_hidden(uncertainty)
         columns += [("uncertainty (SD, head)", masked, "spread", 0.25 * top, f"SD, {label}")]
     spacing = np.sqrt((np.asarray(affine if affine is not None else np.eye(4))[:3, :3] ** 2).sum(axis=0))
     sides = lr_labels(affine)
@@ -176,7 +174,7 @@ def evaluation_figure(images: dict[str, np.ndarray], title: str, units: str = "B
         if name == "MRI":
             draw(figure, axis, plane, "mri", top_value(plane), "", sides)
         elif name in ("|error|", "uncertainty (std)"):
-            shown = np.where(head_mask(images["standard dose"], top), plane, np.nan) if "uncertainty" in name else plane
+            shown = outside_head_hidden(plane) if "uncertainty" in name else plane
             draw(figure, axis, shown, "spread", 0.25 * top, units, sides)
         else:
             draw(figure, axis, plane, "pet", top, units, sides)
