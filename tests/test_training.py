@@ -16,6 +16,7 @@ from scripts.normalise import pet_scale
 from scripts.sampler import DDIMVolumeSampler, make_noise_scheduler
 from scripts.training import (
     DiffusionPrepareBatch,
+    EMAUpdate,
     MultiTaskDiffusionLoss,
     PETSliceDataset,
     RegressionPrepareBatch,
@@ -126,7 +127,29 @@ def test_m2diff_train_validate_resume(cohort, tmp_path):
     trainer = resumed.parser.get_parsed_content("train#trainer")
     assert trainer.state.epoch == 2 and trainer.state.iteration == 4  # continued, not restarted
     saved = torch.load(os.path.join(checkpoints, "checkpoint_final.pt"), weights_only=True)
-    assert saved["trainer"]["iteration"] == 4 and set(saved) == {"network", "optimizer", "lr_scheduler", "trainer"}
+    assert saved["trainer"]["iteration"] == 4 and set(saved) == {"network", "ema", "optimizer", "lr_scheduler", "trainer"}
+    # the shipped-style weights are the moving average, not the last raw weights
+    final = torch.load(os.path.join(checkpoints, "model_final.pt"), weights_only=True)
+    averaged = {k[len("module.") :]: v for k, v in saved["ema"].items() if k.startswith("module.")}
+    assert set(final) == set(averaged) and all(torch.equal(final[k], averaged[k]) for k in final)
+    assert any(not torch.equal(final[k], saved["network"][k]) for k in final)
+
+
+def test_ema_update_is_the_moving_average():
+    """EMAUpdate: the first update copies the network, later ones move the average by (1 - decay)."""
+    network = torch.nn.Linear(2, 1)
+    ema = torch.optim.swa_utils.AveragedModel(
+        network, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.75), use_buffers=True
+    )
+    with torch.no_grad():
+        network.weight.fill_(4.0)
+    update = EMAUpdate(ema, network)
+    update()
+    assert torch.equal(ema.module.weight, network.weight)
+    with torch.no_grad():
+        network.weight.fill_(8.0)
+    update()
+    assert torch.allclose(ema.module.weight, torch.full_like(network.weight, 5.0))
 
 
 @pytest.mark.parametrize("baseline", ["unet_regression", "single_branch_diffusion"])

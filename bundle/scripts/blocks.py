@@ -39,6 +39,7 @@ class TimestepResBlock(nn.Module):
         norm_num_groups: int = 32,
     ) -> None:
         super().__init__()
+        self.spatial_dims = spatial_dims
         self.norm1 = nn.GroupNorm(norm_num_groups, in_channels, eps=1e-6)
         self.conv1 = conv3x3(spatial_dims, in_channels, out_channels)
         self.emb_proj = nn.Linear(temb_channels, 2 * out_channels)
@@ -62,27 +63,24 @@ class TimestepResBlock(nn.Module):
 
 
 class ResAttnBlock(nn.Module):
-    """A :class:`TimestepResBlock` optionally followed by multi-head spatial self-attention (MONAI's block)."""
+    """A :class:`TimestepResBlock` optionally followed by multi-head spatial self-attention (MONAI's block).
 
-    def __init__(
-        self,
-        spatial_dims: int,
-        in_channels: int,
-        out_channels: int,
-        temb_channels: int,
-        with_attention: bool,
-        num_heads: int = 4,
-        dropout: float = 0.0,
-        norm_num_groups: int = 32,
-    ) -> None:
+    Args:
+        res: the residual block (its output width and GroupNorm groups set the attention's).
+        with_attention: add the attention block.
+        num_heads: attention heads (the width must divide by it).
+    """
+
+    def __init__(self, res: TimestepResBlock, with_attention: bool, num_heads: int = 4) -> None:
         super().__init__()
-        self.res = TimestepResBlock(spatial_dims, in_channels, out_channels, temb_channels, dropout, norm_num_groups)
+        self.res = res
         self.attn: nn.Module | None = None
         if with_attention:
-            if out_channels % num_heads:
-                raise ValueError(f"attention needs channels divisible by num_heads, got {out_channels}/{num_heads}")
+            channels, groups = res.norm2.num_channels, res.norm2.num_groups
+            if channels % num_heads:
+                raise ValueError(f"attention needs channels divisible by num_heads, got {channels}/{num_heads}")
             self.attn = SpatialAttentionBlock(
-                spatial_dims, out_channels, num_head_channels=out_channels // num_heads, norm_num_groups=norm_num_groups
+                res.spatial_dims, channels, num_head_channels=channels // num_heads, norm_num_groups=groups
             )
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,9 @@ class Encoder(nn.Module):
         for level, width in enumerate(widths):
             for _ in range(num_res_blocks):
                 self.blocks.append(
-                    ResAttnBlock(spatial_dims, ch, width, temb, attention[level], heads, dropout, groups)
+                    ResAttnBlock(
+                        TimestepResBlock(spatial_dims, ch, width, temb, dropout, groups), attention[level], heads
+                    )
                 )
                 ch = width
                 self.skip_channels.append(ch)
@@ -33,7 +35,7 @@ class Encoder(nn.Module):
                 self.skip_channels.append(ch)
         self.middle = nn.ModuleList([TimestepResBlock(spatial_dims, ch, ch, temb, dropout, groups)])
         if mid:  # the PET branch's middle: res, attention, res
-            self.middle[0] = ResAttnBlock(spatial_dims, ch, ch, temb, True, heads, dropout, groups)
+            self.middle[0] = ResAttnBlock(TimestepResBlock(spatial_dims, ch, ch, temb, dropout, groups), True, heads)
             self.middle.append(TimestepResBlock(spatial_dims, ch, ch, temb, dropout, groups))
         self.out_channels = ch
 
@@ -63,7 +65,9 @@ class Decoder(nn.Module):
                 self.fusions.append(fuse)
                 self.blocks.append(
                     ResAttnBlock(
-                        spatial_dims, fuse.out_channels, widths[level], temb, attention[level], heads, dropout, groups
+                        TimestepResBlock(spatial_dims, fuse.out_channels, widths[level], temb, dropout, groups),
+                        attention[level],
+                        heads,
                     )
                 )
                 ch = widths[level]

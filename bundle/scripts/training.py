@@ -8,6 +8,8 @@ The engines are MONAI's own (``SupervisedTrainer``): this file only says what on
 - :class:`DiffusionPrepareBatch` noises the standard-dose slice and returns ``([x_t, LD, MRI], SD, (t,), kwargs)``
   with per-sample MRI dropout; :class:`RegressionPrepareBatch` returns ``([LD, MRI], SD)``.
 - :class:`MultiTaskDiffusionLoss` is the paper's ``w_pet MSE(pet, SD) + w_mri MSE(mri, SD) + w_cons MSE(pet, mri)``.
+- :class:`EMAUpdate` keeps an exponential moving average of the weights (``torch.optim.swa_utils.AveragedModel``);
+  validation, ``model.pt`` and the final weights use the average.
 - :class:`ModelFileFallback` makes sure a finished training leaves ``model.pt`` (the final network when validation
   never saved a best one).
 """
@@ -35,7 +37,7 @@ logger = logging.getLogger(__name__)
 DOSE_KEY = "pet_drf{}"
 PATH_SUFFIXES = (".nii", ".nii.gz", ".json", ".npy", ".npz")
 #: what a resumable checkpoint (``checkpoint_final.pt``) holds besides the network
-RESUME_KEYS = ("network", "optimizer", "lr_scheduler", "trainer")
+RESUME_KEYS = ("network", "ema", "optimizer", "lr_scheduler", "trainer")
 
 
 def load_cohort(
@@ -257,6 +259,29 @@ class MultiTaskDiffusionLoss(nn.Module):
             + self.mri_weight * mse(mri_head, target)
             + self.consistency_weight * mse(pet_head, mri_head)
         )
+
+
+class EMAUpdate:
+    """Update an exponential moving average of ``network``'s weights after every training iteration.
+
+    The average is torch's ``AveragedModel`` (built in the config with ``get_ema_multi_avg_fn(decay)``); its first
+    update copies the network, so weights loaded at start (``pretrained_ckpt``) are where the average begins.
+
+    Args:
+        ema: the ``torch.optim.swa_utils.AveragedModel`` holding the average.
+        network: the trained network (not its ``DistributedDataParallel`` wrapper: the parameters are the same).
+    """
+
+    def __init__(self, ema: torch.optim.swa_utils.AveragedModel, network: nn.Module) -> None:
+        self.ema, self.network = ema, network
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine=None) -> None:
+        self.ema.update_parameters(self.network)
 
 
 def check_resume_checkpoint(path: str | None) -> str | None:
