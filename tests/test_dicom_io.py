@@ -7,12 +7,14 @@ import math
 import numpy as np
 import pydicom
 import pytest
+import torch
 from inference_testing import F18_HALF_LIFE_S, blob_volume, dicom_affine, dicom_values, write_dicom_series
+from monai.data import MetaTensor
 from monai.transforms import LoadImage
 
 from scripts.io import StudyError, read_dicom_series, suv_calibration, write_derived_series
 from scripts.io.transforms import units_for_study
-from scripts.io.volumes import Volume
+from scripts.io.volumes import read_volume
 
 
 @pytest.fixture
@@ -128,14 +130,14 @@ def test_suv_needs_weight(tmp_path, pet_volume):
     folder = write_dicom_series(pet_volume, tmp_path / "pet", weight_kg=0.0)
     series = read_dicom_series(folder)
     assert suv_calibration(series, folder).factor is None
-    pet = Volume(series.array, series.affine, str(folder), series)
+    pet = read_volume(folder)
     with pytest.raises(StudyError, match="PatientWeight"):
         units_for_study({}, pet, "suv")
     assert units_for_study({}, pet, "bqml")["factor"] == 1.0
 
 
 def test_nifti_suv_needs_weight_and_dose_in_the_record(pet_volume):
-    pet = Volume(pet_volume, np.eye(4), "/data/pet.nii.gz")
+    pet = MetaTensor(torch.as_tensor(pet_volume), affine=torch.eye(4), meta={"filename_or_obj": "/data/pet.nii.gz"})
     with pytest.raises(StudyError, match="patient_weight_kg"):
         units_for_study({"id": "a"}, pet, "suv")
     units = units_for_study({"patient_weight_kg": 75, "injected_dose_bq": 150e6}, pet, "suv")

@@ -25,6 +25,7 @@ from torch import nn
 
 from scripts.io.errors import StudyError, find_study_error, root_cause
 from scripts.io.studies import ERROR_KEY
+from scripts.io.volumes import source_path
 from scripts.io.writers import write_json
 
 logger = logging.getLogger(__name__)
@@ -162,7 +163,8 @@ class StudyEnhancer(SupervisedEvaluator):
         except Exception as exc:  # a failed study is recorded; the run goes on
             partial = engine.state.output if isinstance(engine.state.output, dict) else {}
             record.update(outputs=partial.get("outputs") or {}, notes=partial.get("notes") or [], status="failed")
-            pet_path = batchdata.get("pet_input", batchdata.get("pet"))
+            pet = batchdata.get("pet")
+            pet_path = source_path(pet) if isinstance(pet, MetaTensor) else pet
             record["message"] = _error_message(exc, study_id, pet_path if isinstance(pet_path, str) else None)
             if not find_study_error(exc):
                 logger.debug(f"study '{study_id}': unexpected error", exc_info=True)  # to the run's log file

@@ -12,7 +12,7 @@ from .studies import (
     study_outputs,
 )
 from .transforms import ConvertUnitsd, LoadStudyd, SaveStudyd, units_for_study
-from .volumes import Volume, check_volume, read_volume
+from .volumes import check_volume, dicom_series, read_volume, source_path
 from .writers import atomic_directory, atomic_path, remove_stale_temporaries, write_json, write_nifti
 
 __all__ = [
@@ -24,18 +24,19 @@ __all__ = [
     "StudyDataset",
     "StudyError",
     "SuvCalibration",
-    "Volume",
     "atomic_directory",
     "atomic_path",
     "check_outputs_spare_inputs",
     "check_volume",
     "default_study_id",
+    "dicom_series",
     "load_datalist",
     "prepare_output_dir",
     "read_dicom_series",
     "read_volume",
     "remove_stale_temporaries",
     "single_study_collate",
+    "source_path",
     "study_outputs",
     "suv_calibration",
     "units_for_study",

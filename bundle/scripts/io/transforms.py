@@ -23,7 +23,7 @@ from .formats import check_image_format
 from .options import flag
 from .options import output_units as parse_output_units
 from .studies import study_outputs
-from .volumes import Volume, check_volume, overlap_fraction, read_volume
+from .volumes import check_volume, dicom_series, overlap_fraction, read_volume, source_path
 from .writers import remove_stale_temporaries, write_nifti
 
 logger = logging.getLogger(__name__)
@@ -32,17 +32,7 @@ logger = logging.getLogger(__name__)
 MIN_MRI_COVERAGE = 0.5
 
 
-def _meta_tensor(volume: Volume) -> MetaTensor:
-    meta = {
-        "filename_or_obj": volume.path,
-        "original_affine": volume.affine.copy(),
-        "space": "RAS",
-        "spatial_shape": np.asarray(volume.array.shape),
-    }
-    return MetaTensor(torch.from_numpy(volume.array), affine=torch.as_tensor(volume.affine), meta=meta)
-
-
-def units_for_study(study: Mapping, pet: Volume, output_units: str) -> dict:
+def units_for_study(study: Mapping, pet: MetaTensor, output_units: str) -> dict:
     """How to convert the PET's stored values to the requested output units.
 
     Returns:
@@ -52,8 +42,9 @@ def units_for_study(study: Mapping, pet: Volume, output_units: str) -> dict:
         StudyError: when the conversion needs header values (weight, dose ...) that the study does not have.
     """
     output_units = parse_output_units(output_units)
-    if pet.is_dicom:
-        cal = suv_calibration(pet.dicom, pet.path)
+    series, path = dicom_series(pet), source_path(pet)
+    if series is not None:
+        cal = suv_calibration(series, path)
         input_units = cal.units
         suv_factor, bqml_factor, how = cal.factor, cal.bqml_factor, cal.description
         if output_units == "bqml" and bqml_factor is None and cal.units not in ("BQML", "GML"):
@@ -72,7 +63,7 @@ def units_for_study(study: Mapping, pet: Volume, output_units: str) -> dict:
             )
     factor = suv_factor if output_units == "suv" else bqml_factor
     if factor is None:
-        raise StudyError(f"cannot report {output_units.upper()}: {how}", pet.path)
+        raise StudyError(f"cannot report {output_units.upper()}: {how}", path)
     return {
         "input_units": input_units,
         "output_units": "SUVbw" if output_units == "suv" else "BQML",
@@ -81,19 +72,23 @@ def units_for_study(study: Mapping, pet: Volume, output_units: str) -> dict:
     }
 
 
-def _check_modality(volume: Volume, expected: str, role: str) -> None:
+def _check_modality(volume: MetaTensor, expected: str, role: str) -> None:
     """A DICOM series given as ``role`` must have the expected Modality (catches swapped PET and MRI folders)."""
-    if volume.is_dicom:
-        modality = str(volume.dicom.header.get("Modality", "")).upper()
+    series = dicom_series(volume)
+    if series is not None:
+        modality = str(series.header.get("Modality", "")).upper()
         if modality and modality != expected:
-            raise StudyError(f"expected a {role} series (Modality {expected}), got Modality {modality}", volume.path)
+            raise StudyError(
+                f"expected a {role} series (Modality {expected}), got Modality {modality}", source_path(volume)
+            )
 
 
 class LoadStudyd(Transform):
     """Read and check a study's PET (and MRI), and work out its output units.
 
-    Sets ``pet`` and ``mri`` (absent for PET-only studies) to ``MetaTensor`` volumes (no channel) with RAS affines,
-    ``pet_source`` (path, DICOM slice files, grid) and ``units`` (see :func:`units_for_study`).
+    Sets ``pet`` and ``mri`` (absent for PET-only studies) to the study's one representation, ``MetaTensor`` volumes
+    (no channel) whose meta keep the source, the input grid and any DICOM series (:func:`read_volume`) through to
+    :class:`SaveStudyd`, and ``units`` (see :func:`units_for_study`).
 
     Args:
         output_units: ``"bqml"`` (the input's activity units) or ``"suv"``.
@@ -111,13 +106,6 @@ class LoadStudyd(Transform):
         pet = check_volume(read_volume(d["pet"]), "PET")
         _check_modality(pet, "PT", "PET")
         d["units"] = units_for_study(d, pet, self.output_units)
-        d["pet_source"] = {
-            "path": pet.path,
-            "dicom_files": pet.dicom.files if pet.is_dicom else None,
-            "affine": pet.affine.copy(),
-            "shape": tuple(pet.array.shape),
-        }
-        d["pet_input"] = pet.path
         if d.get("mri"):
             check_image_format(d["mri"], "MRI")
             mri = check_volume(read_volume(d["mri"]), "MRI")
@@ -125,17 +113,16 @@ class LoadStudyd(Transform):
             coverage = overlap_fraction(pet, mri)
             if coverage <= 0.0:
                 raise StudyError(
-                    f"PET and MRI do not overlap in space (MRI {mri.path} lies outside the PET field of view); "
+                    f"PET and MRI do not overlap in space (MRI {source_path(mri)} lies outside the PET field of view); "
                     "check that both come from the same patient and scanner coordinate system",
-                    mri.path,
+                    source_path(mri),
                 )
             if coverage < MIN_MRI_COVERAGE:
                 logger.warning(
                     f"study '{d.get('id')}': the MRI covers only {100 * coverage:.0f} % of the PET field of view"
                 )
-            d["mri_input"] = mri.path
-            d["mri"] = _meta_tensor(mri)
-        d["pet"] = _meta_tensor(pet)
+            d["mri"] = mri
+        d["pet"] = pet
         return d
 
 
@@ -176,15 +163,18 @@ class SaveStudyd(Transform):
         self.model_version = model_version
         self.enhanced_key, self.uncertainty_key = keys
 
-    def _array(self, image: torch.Tensor, source: Mapping) -> np.ndarray:
+    @staticmethod
+    def _array(image: torch.Tensor, pet: MetaTensor) -> np.ndarray:
+        """The output as a float32 ``(X, Y, Z)`` array, checked to lie on the input PET's grid."""
         array = np.asarray(image.detach().cpu(), dtype=np.float32)
         if array.ndim == 4:
             array = array[0]
-        affine = np.asarray(getattr(image, "affine", source["affine"]), dtype=np.float64)
-        if array.shape != tuple(source["shape"]) or not np.allclose(affine, source["affine"], atol=1e-4):
+        shape, input_affine = tuple(int(n) for n in pet.meta["spatial_shape"]), pet.meta["original_affine"]
+        affine = np.asarray(getattr(image, "affine", input_affine), dtype=np.float64)
+        if array.shape != shape or not np.allclose(affine, input_affine, atol=1e-4):
             raise RuntimeError(
                 f"the output grid {array.shape} / {affine.tolist()} does not match the input grid "
-                f"{tuple(source['shape'])} / {np.asarray(source['affine']).tolist()}"
+                f"{shape} / {np.asarray(input_affine).tolist()}"
             )
         return array
 
@@ -200,21 +190,22 @@ class SaveStudyd(Transform):
         return d
 
     def _save(self, d: dict, paths: dict) -> None:
-        source = d["pet_source"]
+        pet, series = d["pet"], dicom_series(d["pet"])
         remove_stale_temporaries(paths["folder"])
-        template = None if source["dicom_files"] else source["path"]
+        template = None if series is not None else source_path(pet)
+        affine = np.asarray(pet.meta["original_affine"], dtype=np.float64)
         outputs = dict(d.get("outputs") or {})
         notes = list(d.get("notes") or [])
-        enhanced = self._array(d[self.enhanced_key], source)
-        outputs["enhanced"] = str(write_nifti(enhanced, source["affine"], paths["enhanced"], template=template))
+        enhanced = self._array(d[self.enhanced_key], pet)
+        outputs["enhanced"] = str(write_nifti(enhanced, affine, paths["enhanced"], template=template))
         if d.get(self.uncertainty_key) is not None:
-            uncertainty = self._array(d[self.uncertainty_key], source)
-            outputs["uncertainty"] = str(write_nifti(uncertainty, source["affine"], paths["uncertainty"], template))
-        if self.save_dicom and source["dicom_files"]:
+            uncertainty = self._array(d[self.uncertainty_key], pet)
+            outputs["uncertainty"] = str(write_nifti(uncertainty, affine, paths["uncertainty"], template))
+        if self.save_dicom and series is not None:
             units = "GML" if d["units"]["output_units"] == "SUVbw" else "BQML"
             files = write_derived_series(
                 enhanced,
-                source["dicom_files"],
+                series.files,
                 paths["dicom"],
                 series_description=f"M2Diff enhanced v{self.model_version}",
                 units=units,
