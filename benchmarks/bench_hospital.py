@@ -107,7 +107,7 @@ def bench_processes(work: Path, studies: int, threads: int, process_counts: list
 def bench_node(work: Path) -> None:
     from dicom_node_testing import Orthanc, start_node, stop, wait_for
 
-    from pet_simulator.dicom_export import write_mr_series, write_pet_series
+    from pet_simulator.dicom_export import SeriesInfo, write_mr_series, write_pet_series
 
     pet, t1 = nib.load(SAMPLE / "sample_pet_drf20.nii.gz"), nib.load(SAMPLE / "sample_t1.nii.gz")
     params = json.loads((SAMPLE / "sample_params.json").read_text())
@@ -115,17 +115,18 @@ def bench_node(work: Path) -> None:
         pet.get_fdata(),
         pet.affine,
         work / "dicom" / "PET",
-        patient_weight_kg=params.get("patient_weight_kg", 70.0),
+        SeriesInfo(patient_weight_kg=params.get("patient_weight_kg", 70.0), uid_entropy=["bench-hospital"]),
         injected_dose_bq=params.get("injected_dose_bq", 2e8),
-        uid_entropy=["bench-hospital"],
     )
     write_mr_series(
         t1.get_fdata(),
         t1.affine,
         work / "dicom" / "MR",
-        study_uid=series["study_uid"],
-        frame_of_reference_uid=series["frame_of_reference_uid"],
-        uid_entropy=["bench-hospital-mr"],
+        SeriesInfo(
+            study_uid=series["study_uid"],
+            frame_of_reference_uid=series["frame_of_reference_uid"],
+            uid_entropy=["bench-hospital-mr"],
+        ),
     )
     slices = len(list((work / "dicom" / "PET").iterdir()))
     orthanc = Orthanc(work / "orthanc")

@@ -6,6 +6,7 @@ All arrays are (X, Y, Z) on the nilearn MNI152 RAS grid (2 mm: 99x117x95, 1 mm: 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -14,7 +15,15 @@ from scipy import ndimage
 
 from scripts.io.writers import atomic_path
 
-__all__ = ["atlas_path", "load_template_anatomy", "warp_anatomy", "warp_anatomy_fine", "mri_appearance", "ANATOMY_KEYS"]
+__all__ = [
+    "atlas_path",
+    "load_template_anatomy",
+    "WarpParams",
+    "warp_anatomy",
+    "warp_anatomy_fine",
+    "mri_appearance",
+    "ANATOMY_KEYS",
+]
 
 ANATOMY_KEYS = ("t1", "gm", "wm", "brain_mask", "labels")
 
@@ -93,41 +102,56 @@ def load_template_anatomy(voxel_mm: int = 2, cache_dir: str | os.PathLike | None
     return out
 
 
+@dataclass(frozen=True)
+class WarpParams:
+    """Ranges of the random per-subject warp (MONAI RandAffined + Rand3DElasticd).
+
+    Args:
+        rotate_deg: maximum rotation about each axis in degrees.
+        scale: maximum relative scaling per axis.
+        translate_mm: maximum translation per axis in mm.
+        elastic_sigma_mm: range of the elastic field smoothing sigma in mm.
+        elastic_magnitude_mm: range of the elastic magnitude parameter in mm (MONAI scales smoothed uniform noise).
+    """
+
+    rotate_deg: float = 6.0
+    scale: float = 0.07
+    translate_mm: float = 4.0
+    elastic_sigma_mm: tuple[float, float] = (10.0, 14.0)
+    elastic_magnitude_mm: tuple[float, float] = (150.0, 300.0)
+
+
 def _warp_chain(
-    vox: float,
-    rotate_deg: float,
-    scale: float,
-    translate_mm: float,
-    elastic_sigma_mm: tuple[float, float],
-    elastic_magnitude_mm: tuple[float, float],
-    keys: list[str],
-    modes: list[str],
-    padding_mode: str = "zeros",
+    params: WarpParams, vox: float, seed: int, keys: list[str], modes: list[str], padding_mode: str = "zeros"
 ):
+    """The seeded MONAI affine + elastic chain of ``params`` on a grid of ``vox`` mm voxels."""
     from monai.transforms import Compose, Rand3DElasticd, RandAffined
 
-    rad = np.deg2rad(rotate_deg)
-    return Compose(
+    rad = np.deg2rad(params.rotate_deg)
+    sigma, magnitude = params.elastic_sigma_mm, params.elastic_magnitude_mm
+    chain = Compose(
         [
             RandAffined(
                 keys=keys,
                 prob=1.0,
                 rotate_range=(rad, rad, rad),
-                scale_range=(scale, scale, scale),
-                translate_range=(translate_mm / vox,) * 3,
+                scale_range=(params.scale,) * 3,
+                translate_range=(params.translate_mm / vox,) * 3,
                 mode=modes,
                 padding_mode=padding_mode,
             ),
             Rand3DElasticd(
                 keys=keys,
-                sigma_range=(elastic_sigma_mm[0] / vox, elastic_sigma_mm[1] / vox),
-                magnitude_range=(elastic_magnitude_mm[0] / vox, elastic_magnitude_mm[1] / vox),
+                sigma_range=(sigma[0] / vox, sigma[1] / vox),
+                magnitude_range=(magnitude[0] / vox, magnitude[1] / vox),
                 prob=1.0,
                 mode=modes,
                 padding_mode=padding_mode,
             ),
         ]
     )
+    chain.set_random_state(seed=int(seed) % (2**32))
+    return chain
 
 
 def _finish_warp(res: dict[str, np.ndarray], affine: np.ndarray) -> dict[str, np.ndarray]:
@@ -149,25 +173,13 @@ def _finish_warp(res: dict[str, np.ndarray], affine: np.ndarray) -> dict[str, np
     }
 
 
-def warp_anatomy(
-    anatomy: dict[str, np.ndarray],
-    seed: int,
-    rotate_deg: float = 6.0,
-    scale: float = 0.07,
-    translate_mm: float = 4.0,
-    elastic_sigma_mm: tuple[float, float] = (10.0, 14.0),
-    elastic_magnitude_mm: tuple[float, float] = (150.0, 300.0),
-) -> dict[str, np.ndarray]:
+def warp_anatomy(anatomy: dict[str, np.ndarray], seed: int, params: WarpParams | None = None) -> dict[str, np.ndarray]:
     """Warp T1, tissue maps, brain mask and labels jointly (MONAI RandAffined + Rand3DElasticd, seeded).
 
     Args:
         anatomy: output of :func:`load_template_anatomy`.
         seed: random state of the transform chain.
-        rotate_deg: maximum rotation about each axis in degrees.
-        scale: maximum relative scaling per axis.
-        translate_mm: maximum translation per axis in mm.
-        elastic_sigma_mm: range of the elastic field smoothing sigma in mm.
-        elastic_magnitude_mm: range of the elastic magnitude parameter in mm (MONAI scales smoothed uniform noise).
+        params: the warp ranges (default :class:`WarpParams`).
 
     Returns:
         a new dict with the same keys (warped, same dtypes; tissue probabilities renormalised, CSF recomputed).
@@ -175,22 +187,14 @@ def warp_anatomy(
     vox = float(abs(anatomy["affine"][0, 0]))
     keys = ["t1", "gm", "wm", "brain_mask", "labels"]
     modes = ["bilinear", "bilinear", "bilinear", "bilinear", "nearest"]
-    chain = _warp_chain(vox, rotate_deg, scale, translate_mm, elastic_sigma_mm, elastic_magnitude_mm, keys, modes)
-    chain.set_random_state(seed=int(seed) % (2**32))
+    chain = _warp_chain(params or WarpParams(), vox, seed, keys, modes)
     data = {k: anatomy[k][None].astype(np.float32) for k in keys}
     out = chain(data)
     return _finish_warp({k: np.asarray(out[k])[0] for k in keys}, anatomy["affine"])
 
 
 def warp_anatomy_fine(
-    anatomy_fine: dict[str, np.ndarray],
-    coarse_shape: tuple[int, int, int],
-    seed: int,
-    rotate_deg: float = 6.0,
-    scale: float = 0.07,
-    translate_mm: float = 4.0,
-    elastic_sigma_mm: tuple[float, float] = (10.0, 14.0),
-    elastic_magnitude_mm: tuple[float, float] = (150.0, 300.0),
+    anatomy_fine: dict[str, np.ndarray], coarse_shape: tuple[int, int, int], seed: int, params: WarpParams | None = None
 ) -> dict[str, np.ndarray]:
     """Warp the 1 mm anatomy with the deformation that :func:`warp_anatomy` draws on the 2 mm grid for ``seed``.
 
@@ -202,7 +206,7 @@ def warp_anatomy_fine(
         anatomy_fine: 1 mm output of :func:`load_template_anatomy`.
         coarse_shape: the 2 mm grid shape (99, 117, 95).
         seed: random state of the transform chain (same deformation as the 2 mm warp with this seed).
-        rotate_deg, scale, translate_mm, elastic_sigma_mm, elastic_magnitude_mm: as in :func:`warp_anatomy`.
+        params: the warp ranges (default :class:`WarpParams`), as in :func:`warp_anatomy`.
 
     Returns:
         the warped 1 mm anatomy (same keys as :func:`warp_anatomy`).
@@ -214,10 +218,7 @@ def warp_anatomy_fine(
     if tuple(2 * n - 1 for n in coarse_shape) != tuple(fine_shape):
         raise ValueError(f"expected a 1 mm grid of shape {[2 * n - 1 for n in coarse_shape]}, got {fine_shape}")
     keys = ["ci", "cj", "ck"]
-    chain = _warp_chain(
-        2.0, rotate_deg, scale, translate_mm, elastic_sigma_mm, elastic_magnitude_mm, keys, ["bilinear"] * 3, "border"
-    )
-    chain.set_random_state(seed=int(seed) % (2**32))
+    chain = _warp_chain(params or WarpParams(), 2.0, seed, keys, ["bilinear"] * 3, "border")
     grids = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in coarse_shape], indexing="ij")
     out = chain({k: g[None] for k, g in zip(keys, grids)})
     field = torch.stack([torch.as_tensor(np.asarray(out[k])[0]) for k in keys])[None]  # (1, 3, X2, Y2, Z2)

@@ -3,13 +3,15 @@
 Both series share one StudyInstanceUID and FrameOfReferenceUID. Geometry is written in LPS (DICOM) from a RAS
 NIfTI-style affine; in-plane axes are flipped where needed so ImageOrientationPatient is the usual axial
 ``[1, 0, 0, 0, 1, 0]`` for a RAS-aligned grid. One file per axial slice, int16 pixels with a per-slice RescaleSlope.
+Patient, study and series identity is one :class:`SeriesInfo` per series.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +20,50 @@ from scripts.constants import F18_HALF_LIFE_S, LPS_TO_RAS
 from scripts.io.dicom import encode_int16
 from scripts.io.writers import atomic_path
 
-__all__ = ["write_pet_series", "write_mr_series", "export_subject", "new_uid"]
+__all__ = ["SeriesInfo", "write_pet_series", "write_mr_series", "export_subject", "new_uid"]
 
 PET_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.128"
 MR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.4"
+# modality: (SOP class, UID kind, default SeriesNumber, default SeriesDescription); the modality is the file prefix
+_MODALITIES = {
+    "PT": (PET_SOP_CLASS, "pet-series", 1, "PET Brain FDG (simulated)"),
+    "MR": (MR_SOP_CLASS, "mr-series", 2, "T1w MPRAGE (simulated)"),
+}
+DEFAULT_SCAN_START = _dt.datetime(2024, 1, 1, 10, 0, 0)  # deterministic series date/time
+
+
+@dataclass
+class SeriesInfo:
+    """Patient, study and series identity of one exported series.
+
+    Args:
+        patient_id: PatientID.
+        patient_name: PatientName.
+        patient_weight_kg: PatientWeight (required for PET: SUV).
+        study_uid: StudyInstanceUID (new if None; pass the other series' to build one study).
+        frame_of_reference_uid: FrameOfReferenceUID (new if None; pass the other series' when co-registered).
+        series_uid: SeriesInstanceUID (new if None).
+        series_number: SeriesNumber (None: 1 for PET, 2 for MR).
+        series_description: SeriesDescription (None: the modality's default).
+        scan_start: series (acquisition) date/time (None: 2024-01-01 10:00:00, deterministic).
+        uid_entropy: values that make all UIDs deterministic (same entropy, same UIDs).
+    """
+
+    patient_id: str = "SIM0001"
+    patient_name: str = "SIMULATED^SUBJECT"
+    patient_weight_kg: float | None = None
+    study_uid: str | None = None
+    frame_of_reference_uid: str | None = None
+    series_uid: str | None = None
+    series_number: int | None = None
+    series_description: str | None = None
+    scan_start: _dt.datetime | None = None
+    uid_entropy: Sequence[object] | None = None
+
+    @property
+    def start(self) -> _dt.datetime:
+        """``scan_start``, or the deterministic default 2024-01-01 10:00:00."""
+        return self.scan_start or DEFAULT_SCAN_START
 
 
 def new_uid(*entropy: object) -> str:
@@ -53,20 +95,8 @@ def _ds(value: float) -> str:
     return format_number_as_ds(float(value) + 0.0)  # + 0.0 turns -0.0 into 0.0
 
 
-def _base_dataset(
-    sop_class: str,
-    modality: str,
-    *,
-    study_uid: str,
-    series_uid: str,
-    frame_of_reference_uid: str,
-    series_number: int,
-    series_description: str,
-    patient_id: str,
-    patient_name: str,
-    patient_weight_kg: float | None,
-    study_datetime: _dt.datetime,
-):
+def _base_dataset(sop_class: str, modality: str, info: SeriesInfo):
+    """The attributes both series share (patient, study, series, image pixel) from a resolved ``info``."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
@@ -79,28 +109,30 @@ def _base_dataset(
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.SOPClassUID = sop_class
     ds.Modality = modality
-    ds.PatientName = patient_name
-    ds.PatientID = patient_id
+    ds.PatientName = info.patient_name
+    ds.PatientID = info.patient_id
     ds.PatientBirthDate = ""
     ds.PatientSex = "O"
-    if patient_weight_kg is not None:
-        ds.PatientWeight = _ds(patient_weight_kg)
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = series_uid
-    ds.FrameOfReferenceUID = frame_of_reference_uid
+    if info.patient_weight_kg is not None:
+        ds.PatientWeight = _ds(info.patient_weight_kg)
+    ds.StudyInstanceUID = info.study_uid
+    ds.SeriesInstanceUID = info.series_uid
+    ds.FrameOfReferenceUID = info.frame_of_reference_uid
     ds.PositionReferenceIndicator = ""
-    ds.StudyDate = study_datetime.strftime("%Y%m%d")
-    ds.StudyTime = study_datetime.strftime("%H%M%S")
+    ds.StudyDate = info.start.strftime("%Y%m%d")
+    ds.StudyTime = info.start.strftime("%H%M%S")
     ds.SeriesDate = ds.StudyDate
     ds.SeriesTime = ds.StudyTime
     ds.ContentDate = ds.StudyDate
     ds.ContentTime = ds.StudyTime
+    ds.AcquisitionDate = ds.StudyDate
+    ds.AcquisitionTime = ds.StudyTime
     ds.AccessionNumber = ""
     ds.ReferringPhysicianName = ""
     ds.StudyID = "1"
     ds.StudyDescription = "Simulated brain FDG-PET/MR (M2Diff bundle)"
-    ds.SeriesNumber = int(series_number)
-    ds.SeriesDescription = series_description
+    ds.SeriesNumber = int(info.series_number)
+    ds.SeriesDescription = info.series_description
     ds.Manufacturer = "M2Diff simulator"
     ds.BodyPartExamined = "BRAIN"
     ds.PatientPosition = "HFS"
@@ -115,14 +147,18 @@ def _base_dataset(
     return ds
 
 
-def _series_uids(uid_entropy, study_uid, frame_of_reference_uid, series_uid, kind: str, description: str):
+def _series_uids(info: SeriesInfo, kind: str, description: str) -> tuple[str, str, str]:
     """Study, frame-of-reference and series UIDs: the given ones, else new (deterministic with ``uid_entropy``)."""
-    ent = list(uid_entropy) if uid_entropy is not None else None
+    ent = list(info.uid_entropy) if info.uid_entropy is not None else None
 
     def make(*tag: object) -> str:
         return new_uid(*ent, *tag) if ent else new_uid()
 
-    return study_uid or make("study"), frame_of_reference_uid or make("for"), series_uid or make(kind, description)
+    return (
+        info.study_uid or make("study"),
+        info.frame_of_reference_uid or make("for"),
+        info.series_uid or make(kind, description),
+    )
 
 
 def _write_slices(
@@ -175,27 +211,53 @@ def _write_slices(
     return sop_uids
 
 
+def _write_series(
+    volume: np.ndarray,
+    affine: np.ndarray,
+    out_dir: str | os.PathLike,
+    info: SeriesInfo,
+    modality: str,
+    attributes: dict,
+    per_slice_extra: Callable | None = None,
+) -> dict:
+    """Resolve the UIDs, build the base dataset plus the modality's ``attributes`` and write one file per slice."""
+    sop_class, kind, default_number, default_description = _MODALITIES[modality]
+    number = default_number if info.series_number is None else info.series_number
+    description = default_description if info.series_description is None else info.series_description
+    study_uid, frame_of_reference_uid, series_uid = _series_uids(info, kind, description)
+    info = replace(
+        info,
+        study_uid=study_uid,
+        frame_of_reference_uid=frame_of_reference_uid,
+        series_uid=series_uid,
+        series_number=number,
+        series_description=description,
+    )
+    ds = _base_dataset(sop_class, modality, info)
+    ds.update(attributes)
+    ent = info.uid_entropy and [*info.uid_entropy, series_uid]
+    sops = _write_slices(ds, volume, affine, Path(out_dir), modality, ent, per_slice_extra)
+    return {
+        "study_uid": study_uid,
+        "series_uid": series_uid,
+        "frame_of_reference_uid": frame_of_reference_uid,
+        "sop_instance_uids": sops,
+        "out_dir": str(out_dir),
+    }
+
+
 def write_pet_series(
     volume_bq_ml: np.ndarray,
     affine: np.ndarray,
     out_dir: str | os.PathLike,
+    info: SeriesInfo,
     *,
-    patient_weight_kg: float,
     injected_dose_bq: float,
     half_life_s: float = F18_HALF_LIFE_S,
-    series_description: str = "PET Brain FDG (simulated)",
-    study_uid: str | None = None,
-    frame_of_reference_uid: str | None = None,
-    series_uid: str | None = None,
-    series_number: int = 1,
-    patient_id: str = "SIM0001",
-    patient_name: str = "SIMULATED^SUBJECT",
-    scan_start: _dt.datetime | None = None,
     uptake_time_s: float = 3600.0,
     frame_duration_s: float = 600.0,
     reconstruction_method: str = "OSEM 4i21s PSF 3mm",
     image_type: Sequence[str] = ("ORIGINAL", "PRIMARY"),
-    uid_entropy: Sequence[object] | None = None,
 ) -> dict:
     """Write a PET series (PET Image Storage, Units BQML, decay-corrected to the scan start).
 
@@ -203,64 +265,23 @@ def write_pet_series(
         volume_bq_ml: (X, Y, Z) activity concentration in Bq/ml, axial = last axis.
         affine: (4, 4) voxel-to-world RAS affine (NIfTI convention) of ``volume_bq_ml``.
         out_dir: output folder (created); files ``PT0001.dcm`` ... one per slice.
-        patient_weight_kg: PatientWeight.
+        info: patient, study and series identity; ``patient_weight_kg`` is required.
         injected_dose_bq: RadionuclideTotalDose (at RadiopharmaceuticalStartDateTime).
         half_life_s: RadionuclideHalfLife.
-        series_description: SeriesDescription.
-        study_uid: StudyInstanceUID (new if None).
-        frame_of_reference_uid: FrameOfReferenceUID (new if None); pass the MR's to share it.
-        series_uid: SeriesInstanceUID (new if None).
-        series_number: SeriesNumber.
-        patient_id: PatientID.
-        patient_name: PatientName.
-        scan_start: acquisition (series) start; default 2024-01-01 10:00:00 (deterministic).
         uptake_time_s: injection to scan start, sets RadiopharmaceuticalStartDateTime.
         frame_duration_s: ActualFrameDuration.
         reconstruction_method: ReconstructionMethod.
         image_type: ImageType (e.g. ``("DERIVED", "SECONDARY")`` for an enhanced image).
-        uid_entropy: values that make all UIDs deterministic (same entropy, same UIDs).
 
     Returns:
         dict with ``study_uid``, ``series_uid``, ``frame_of_reference_uid``, ``sop_instance_uids``, ``out_dir``.
     """
     from pydicom.dataset import Dataset
 
-    study_uid, frame_of_reference_uid, series_uid = _series_uids(
-        uid_entropy, study_uid, frame_of_reference_uid, series_uid, "pet-series", series_description
-    )
-    start = scan_start or _dt.datetime(2024, 1, 1, 10, 0, 0)
-    injection = start - _dt.timedelta(seconds=float(uptake_time_s))
-    ds = _base_dataset(
-        PET_SOP_CLASS,
-        "PT",
-        study_uid=study_uid,
-        series_uid=series_uid,
-        frame_of_reference_uid=frame_of_reference_uid,
-        series_number=series_number,
-        series_description=series_description,
-        patient_id=patient_id,
-        patient_name=patient_name,
-        patient_weight_kg=patient_weight_kg,
-        study_datetime=start,
-    )
-    ds.ImageType = list(image_type)
-    ds.Units = "BQML"
-    ds.CountsSource = "EMISSION"
-    ds.SeriesType = ["STATIC", "IMAGE"]
-    ds.CorrectedImage = ["DECY", "ATTN", "SCAT", "RAN", "NORM"]
-    ds.DecayCorrection = "START"
-    ds.RandomsCorrectionMethod = "DLYD"
-    ds.AttenuationCorrectionMethod = "MR-based (simulated mu-map)"
-    ds.ScatterCorrectionMethod = "model-based (simulated)"
-    ds.ReconstructionMethod = reconstruction_method
-    ds.NumberOfSlices = int(np.asarray(volume_bq_ml).shape[2])
-    ds.AcquisitionDate = start.strftime("%Y%m%d")
-    ds.AcquisitionTime = start.strftime("%H%M%S")
-    ds.FrameReferenceTime = "0"
-    ds.ActualFrameDuration = int(round(frame_duration_s * 1000))
+    if info.patient_weight_kg is None:
+        raise ValueError("a PET series needs info.patient_weight_kg (PatientWeight, for SUV)")
+    injection = info.start - _dt.timedelta(seconds=float(uptake_time_s))
     decay_during = float(np.log(2) * frame_duration_s / half_life_s)
-    ds.DecayFactor = _ds(decay_during / (1 - np.exp(-decay_during)))
-    ds.PatientOrientationCodeSequence = []
     radio = Dataset()
     radio.Radiopharmaceutical = "Fluorodeoxyglucose"
     radio.RadiopharmaceuticalStartTime = injection.strftime("%H%M%S")
@@ -273,96 +294,56 @@ def write_pet_series(
     code.CodingSchemeDesignator = "SRT"
     code.CodeMeaning = "^18^Fluorine"
     radio.RadionuclideCodeSequence = [code]
-    ds.RadiopharmaceuticalInformationSequence = [radio]
-
-    def _extra(d, k):
-        d.ImageIndex = k + 1
-
-    sops = _write_slices(
-        ds, volume_bq_ml, affine, Path(out_dir), "PT", uid_entropy and [*uid_entropy, series_uid], _extra
-    )
-    return {
-        "study_uid": study_uid,
-        "series_uid": series_uid,
-        "frame_of_reference_uid": frame_of_reference_uid,
-        "sop_instance_uids": sops,
-        "out_dir": str(out_dir),
+    attributes = {
+        "ImageType": list(image_type),
+        "Units": "BQML",
+        "CountsSource": "EMISSION",
+        "SeriesType": ["STATIC", "IMAGE"],
+        "CorrectedImage": ["DECY", "ATTN", "SCAT", "RAN", "NORM"],
+        "DecayCorrection": "START",
+        "RandomsCorrectionMethod": "DLYD",
+        "AttenuationCorrectionMethod": "MR-based (simulated mu-map)",
+        "ScatterCorrectionMethod": "model-based (simulated)",
+        "ReconstructionMethod": reconstruction_method,
+        "NumberOfSlices": int(np.asarray(volume_bq_ml).shape[2]),
+        "FrameReferenceTime": "0",
+        "ActualFrameDuration": int(round(frame_duration_s * 1000)),
+        "DecayFactor": _ds(decay_during / (1 - np.exp(-decay_during))),
+        "PatientOrientationCodeSequence": [],
+        "RadiopharmaceuticalInformationSequence": [radio],
     }
 
+    def image_index(d, k):
+        d.ImageIndex = k + 1
 
-def write_mr_series(
-    volume: np.ndarray,
-    affine: np.ndarray,
-    out_dir: str | os.PathLike,
-    *,
-    series_description: str = "T1w MPRAGE (simulated)",
-    study_uid: str | None = None,
-    frame_of_reference_uid: str | None = None,
-    series_uid: str | None = None,
-    series_number: int = 2,
-    patient_id: str = "SIM0001",
-    patient_name: str = "SIMULATED^SUBJECT",
-    patient_weight_kg: float | None = None,
-    scan_start: _dt.datetime | None = None,
-    uid_entropy: Sequence[object] | None = None,
-) -> dict:
+    return _write_series(volume_bq_ml, affine, out_dir, info, "PT", attributes, image_index)
+
+
+def write_mr_series(volume: np.ndarray, affine: np.ndarray, out_dir: str | os.PathLike, info: SeriesInfo) -> dict:
     """Write a T1-weighted MR series (MR Image Storage) on the same geometry conventions as the PET.
 
     Args:
         volume: (X, Y, Z) MR intensities (arbitrary units), axial = last axis.
         affine: (4, 4) voxel-to-world RAS affine.
         out_dir: output folder; files ``MR0001.dcm`` ... one per slice.
-        series_description: SeriesDescription.
-        study_uid: StudyInstanceUID (pass the PET's to build one study).
-        frame_of_reference_uid: FrameOfReferenceUID (pass the PET's: co-registered).
-        series_uid: SeriesInstanceUID (new if None).
-        series_number: SeriesNumber.
-        patient_id: PatientID.
-        patient_name: PatientName.
-        patient_weight_kg: PatientWeight (optional).
-        scan_start: series date/time (default 2024-01-01 10:00:00).
-        uid_entropy: values that make all UIDs deterministic.
+        info: patient, study and series identity (pass the PET's study and frame-of-reference UIDs to share them).
 
     Returns:
         dict with ``study_uid``, ``series_uid``, ``frame_of_reference_uid``, ``sop_instance_uids``, ``out_dir``.
     """
-    study_uid, frame_of_reference_uid, series_uid = _series_uids(
-        uid_entropy, study_uid, frame_of_reference_uid, series_uid, "mr-series", series_description
-    )
-    start = scan_start or _dt.datetime(2024, 1, 1, 10, 0, 0)
-    ds = _base_dataset(
-        MR_SOP_CLASS,
-        "MR",
-        study_uid=study_uid,
-        series_uid=series_uid,
-        frame_of_reference_uid=frame_of_reference_uid,
-        series_number=series_number,
-        series_description=series_description,
-        patient_id=patient_id,
-        patient_name=patient_name,
-        patient_weight_kg=patient_weight_kg,
-        study_datetime=start,
-    )
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
-    ds.ScanningSequence = "GR"
-    ds.SequenceVariant = ["SP", "MP"]
-    ds.ScanOptions = ""
-    ds.MRAcquisitionType = "3D"
-    ds.RepetitionTime = "2300"
-    ds.EchoTime = "2.98"
-    ds.InversionTime = "900"
-    ds.EchoTrainLength = "1"
-    ds.MagneticFieldStrength = "3"
-    ds.AcquisitionDate = start.strftime("%Y%m%d")
-    ds.AcquisitionTime = start.strftime("%H%M%S")
-    sops = _write_slices(ds, volume, affine, Path(out_dir), "MR", uid_entropy and [*uid_entropy, series_uid])
-    return {
-        "study_uid": study_uid,
-        "series_uid": series_uid,
-        "frame_of_reference_uid": frame_of_reference_uid,
-        "sop_instance_uids": sops,
-        "out_dir": str(out_dir),
+    attributes = {
+        "ImageType": ["ORIGINAL", "PRIMARY", "M", "ND"],
+        "ScanningSequence": "GR",
+        "SequenceVariant": ["SP", "MP"],
+        "ScanOptions": "",
+        "MRAcquisitionType": "3D",
+        "RepetitionTime": "2300",
+        "EchoTime": "2.98",
+        "InversionTime": "900",
+        "EchoTrainLength": "1",
+        "MagneticFieldStrength": "3",
     }
+    return _write_series(volume, affine, out_dir, info, "MR", attributes)
 
 
 def export_subject(
@@ -391,25 +372,23 @@ def export_subject(
     params = json.loads((subject_dir / f"{sid}_params.json").read_text())
     pet = nib.load(str(subject_dir / f"{sid}_{pet_key}.nii.gz"))
     t1 = nib.load(str(subject_dir / f"{sid}_t1.nii.gz"))
-    ent = ["m2diff-sim", sid]
-    start = _dt.datetime(2024, 1, 1, 10, 0, 0)
-    mr = write_mr_series(
-        np.asarray(t1.dataobj, dtype=np.float32), t1.affine, Path(out_dir) / "MR", patient_id=sid, uid_entropy=ent
+    mr_info = SeriesInfo(patient_id=sid, uid_entropy=["m2diff-sim", sid])
+    mr = write_mr_series(np.asarray(t1.dataobj, dtype=np.float32), t1.affine, Path(out_dir) / "MR", mr_info)
+    pet_info = replace(
+        mr_info,
+        patient_weight_kg=params["patient_weight_kg"],
+        study_uid=mr["study_uid"],
+        frame_of_reference_uid=mr["frame_of_reference_uid"],
+        series_description=f"PET Brain FDG {pet_key} (simulated)",
     )
     pet_res = write_pet_series(
         np.asarray(pet.dataobj, dtype=np.float32),
         pet.affine,
         Path(out_dir) / "PET",
-        patient_weight_kg=params["patient_weight_kg"],
+        pet_info,
         injected_dose_bq=params["injected_dose_bq"],
         half_life_s=params["half_life_s"],
-        series_description=f"PET Brain FDG {pet_key} (simulated)",
-        study_uid=mr["study_uid"],
-        frame_of_reference_uid=mr["frame_of_reference_uid"],
-        patient_id=sid,
-        scan_start=start,
         uptake_time_s=params["uptake_time_s"],
-        uid_entropy=ent,
     )
     return {"pet": pet_res, "mr": mr}
 

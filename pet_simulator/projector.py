@@ -33,45 +33,35 @@ def _joseph_coo(
     (averaged over ``ray_offsets``, given as fractions of a detector bin, to model the bin width).
     """
     nx, ny = shape_xy
-    xc = (np.arange(nx) - (nx - 1) / 2.0) * pixel_mm + offset_xy_mm[0]
-    yc = (np.arange(ny) - (ny - 1) / 2.0) * pixel_mm + offset_xy_mm[1]
+    centres = (  # pixel centres along x and y in mm
+        (np.arange(nx) - (nx - 1) / 2.0) * pixel_mm + offset_xy_mm[0],
+        (np.arange(ny) - (ny - 1) / 2.0) * pixel_mm + offset_xy_mm[1],
+    )
     s_bins = (np.arange(n_bins) - (n_bins - 1) / 2.0) * bin_mm
     rows, cols, vals = [], [], []
     w_sub = 1.0 / len(ray_offsets)
     for a, theta in enumerate(angles):
         c, s = math.cos(theta), math.sin(theta)
+        normal, direction = (c, s), (-s, c)  # the ray of detector position sb is sb * normal + t * direction
+        # step pixel by pixel along the axis the ray runs mostly along, interpolate linearly across it
+        along = 1 if abs(c) >= abs(s) else 0
+        across = 1 - along
+        step = pixel_mm / abs(direction[along])
         for off in ray_offsets:
             sb = s_bins + off * bin_mm  # (n_bins,)
-            if abs(c) >= abs(s):  # ray direction (-s, c) is mostly along y: step over rows j, interpolate in x
-                t = (yc[None, :] - sb[:, None] * s) / c  # (n_bins, ny)
-                x = sb[:, None] * c - t * s
-                fi = (x - xc[0]) / pixel_mm
-                i0 = np.floor(fi).astype(np.int64)
-                frac = fi - i0
-                step = pixel_mm / abs(c)
-                jj = np.broadcast_to(np.arange(ny)[None, :], fi.shape)
-                for di, wgt in ((0, 1.0 - frac), (1, frac)):
-                    ii = i0 + di
-                    ok = (ii >= 0) & (ii < nx) & (wgt > 0)
-                    b_idx = np.broadcast_to(np.arange(n_bins)[:, None], fi.shape)[ok]
-                    rows.append(a * n_bins + b_idx)
-                    cols.append(ii[ok] * ny + jj[ok])
-                    vals.append(wgt[ok] * step * w_sub)
-            else:  # mostly along x: step over columns i, interpolate in y
-                t = (xc[None, :] - sb[:, None] * c) / (-s)  # (n_bins, nx)
-                y = sb[:, None] * s + t * c
-                fj = (y - yc[0]) / pixel_mm
-                j0 = np.floor(fj).astype(np.int64)
-                frac = fj - j0
-                step = pixel_mm / abs(s)
-                ii = np.broadcast_to(np.arange(nx)[None, :], fj.shape)
-                for dj, wgt in ((0, 1.0 - frac), (1, frac)):
-                    jj = j0 + dj
-                    ok = (jj >= 0) & (jj < ny) & (wgt > 0)
-                    b_idx = np.broadcast_to(np.arange(n_bins)[:, None], fj.shape)[ok]
-                    rows.append(a * n_bins + b_idx)
-                    cols.append(ii[ok] * ny + jj[ok])
-                    vals.append(wgt[ok] * step * w_sub)
+            t = (centres[along][None, :] - sb[:, None] * normal[along]) / direction[along]  # (n_bins, n_along)
+            f = (sb[:, None] * normal[across] + t * direction[across] - centres[across][0]) / pixel_mm
+            k0 = np.floor(f).astype(np.int64)
+            frac = f - k0
+            k_along = np.broadcast_to(np.arange(shape_xy[along])[None, :], f.shape)
+            for dk, wgt in ((0, 1.0 - frac), (1, frac)):
+                k_across = k0 + dk
+                ok = (k_across >= 0) & (k_across < shape_xy[across]) & (wgt > 0)
+                b_idx = np.broadcast_to(np.arange(n_bins)[:, None], f.shape)[ok]
+                pixel = {along: k_along[ok], across: k_across[ok]}  # (i, j) by axis
+                rows.append(a * n_bins + b_idx)
+                cols.append(pixel[0] * ny + pixel[1])
+                vals.append(wgt[ok] * step * w_sub)
     return np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from inference_testing import REPO, TINY_NETWORK, blob_volume, grid_affine
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
-from pet_simulator.dicom_export import write_mr_series, write_pet_series
+from pet_simulator.dicom_export import SeriesInfo, write_mr_series, write_pet_series
 
 SHAPE = (20, 24, 10)
 
@@ -43,9 +43,8 @@ def make_study(folder: Path, seed: int, with_mri: bool = True, missing_slice: in
         blob_volume(SHAPE, seed=seed),
         grid_affine(),
         folder / "PET",
-        patient_weight_kg=70.0,
+        SeriesInfo(patient_weight_kg=70.0, uid_entropy=["node-test", seed]),
         injected_dose_bq=2e8,
-        uid_entropy=["node-test", seed],
     )
     study = {"pet": folder / "PET", "study_uid": pet["study_uid"], "pet_series_uid": pet["series_uid"]}
     if with_mri:
@@ -53,9 +52,11 @@ def make_study(folder: Path, seed: int, with_mri: bool = True, missing_slice: in
             blob_volume(SHAPE, peak=400.0, seed=seed + 100, background=5.0),
             grid_affine(),
             folder / "MR",
-            study_uid=pet["study_uid"],
-            frame_of_reference_uid=pet["frame_of_reference_uid"],
-            uid_entropy=["node-test-mr", seed],
+            SeriesInfo(
+                study_uid=pet["study_uid"],
+                frame_of_reference_uid=pet["frame_of_reference_uid"],
+                uid_entropy=["node-test-mr", seed],
+            ),
         )
         study["mri"] = folder / "MR"
     if missing_slice is not None:

@@ -190,12 +190,12 @@ def test_series_from_the_simulator_export(tmp_path):
     from monai.data import MetaTensor
     from monai.transforms import Orientation
 
-    from pet_simulator.dicom_export import write_pet_series
+    from pet_simulator.dicom_export import SeriesInfo, write_pet_series
 
     volume = blob_volume((12, 14, 6))
     affine = np.diag([2.0, 2.0, 2.5, 1.0])
     affine[:3, 3] = (-11.0, -13.0, -6.0)
-    write_pet_series(volume, affine, tmp_path / "pet", patient_weight_kg=72.0, injected_dose_bq=180e6)
+    write_pet_series(volume, affine, tmp_path / "pet", SeriesInfo(patient_weight_kg=72.0), injected_dose_bq=180e6)
     series = read_dicom_series(tmp_path / "pet")
     to_ras = Orientation(axcodes="RAS")
     ours = to_ras(MetaTensor(torch.from_numpy(series.array)[None], affine=torch.as_tensor(series.affine)))

@@ -8,7 +8,7 @@ import pytest
 
 from pet_simulator.acquisition import ScannerConfig
 from pet_simulator.cohort import assign_groups_and_splits, generate_cohort
-from pet_simulator.dicom_export import write_mr_series, write_pet_series
+from pet_simulator.dicom_export import SeriesInfo, write_mr_series, write_pet_series
 
 TINY = ScannerConfig(n_angles=12, n_subsets=3, n_iterations=1)
 
@@ -99,18 +99,14 @@ def test_dicom_export_reads_back_through_monai(tmp_path, flip_x):
     affine = np.array([[2.0, 0, 0, -11.0], [0, 2.5, 0, -20.0], [0, 0, 3.0, -7.5], [0, 0, 0, 1]])
     if flip_x:  # an LAS-stored volume: the exporter must still write correct LPS geometry
         affine[0, 0], affine[0, 3] = -2.0, 11.0
-    mr = write_mr_series(vol / 20, affine, tmp_path / "MR", uid_entropy=["t", flip_x])
-    pet = write_pet_series(
-        vol,
-        affine,
-        tmp_path / "PET",
+    mr = write_mr_series(vol / 20, affine, tmp_path / "MR", SeriesInfo(uid_entropy=["t", flip_x]))
+    pet_info = SeriesInfo(
         patient_weight_kg=70.0,
-        injected_dose_bq=2.5e8,
-        half_life_s=6586.2,
-        series_description="test PET",
         study_uid=mr["study_uid"],
         frame_of_reference_uid=mr["frame_of_reference_uid"],
+        series_description="test PET",
     )
+    pet = write_pet_series(vol, affine, tmp_path / "PET", pet_info, injected_dose_bq=2.5e8, half_life_s=6586.2)
     import pydicom
 
     ds = pydicom.dcmread(sorted((tmp_path / "PET").iterdir())[0])
