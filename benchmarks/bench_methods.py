@@ -57,6 +57,16 @@ def run_evaluation(method: str, runs_dir: str, dataset_dir: str, split: str, ove
     workflow.finalize()
 
 
+def _dose_levels(summaries: dict[str, dict], reference: str) -> list[str]:
+    """The summaries' dose levels (``drf20`` ...) in numeric order, the untrained-dose level ``drfrandom`` last."""
+    levels = {d for s in summaries.values() for d in s["metrics"].get(reference, {})}
+    return sorted(levels, key=lambda d: (not d[3:].isdigit(), int(d[3:]) if d[3:].isdigit() else 0))
+
+
+def _dose_title(level: str) -> str:
+    return f"1/{level[3:]}" if level[3:].isdigit() else "1/4-1/100, each subject at its own untrained level"
+
+
 def _cell(entry: dict | None, key: str, fmt: str) -> str:
     value = (entry or {}).get(key)
     return fmt.format(value["mean"]) if value else "-"
@@ -64,10 +74,10 @@ def _cell(entry: dict | None, key: str, fmt: str) -> str:
 
 def print_markdown(summaries: dict[str, dict], reference: str, groups: tuple[str, ...] = GROUPS) -> None:
     """The same numbers as :func:`print_table` as Markdown tables (one per dose level), for the README."""
-    doses = sorted({d for s in summaries.values() for d in s["metrics"].get(reference, {})}, key=lambda d: int(d[3:]))
+    doses = _dose_levels(summaries, reference)
     titles = [title for _, title, _ in COLUMNS]
     for dose in doses:
-        print(f"\n**Dose 1/{dose[3:]}** (reference: {reference})\n")
+        print(f"\n**Dose {_dose_title(dose)}** (reference: {reference})\n")
         print("| method | group | " + " | ".join(titles) + " | s/volume | calls/volume |")
         print("|---" * (len(titles) + 4) + "|")
         for method, summary in summaries.items():
@@ -83,12 +93,12 @@ def print_markdown(summaries: dict[str, dict], reference: str, groups: tuple[str
 
 def print_table(summaries: dict[str, dict], reference: str) -> None:
     """One block per dose level; rows = method x group; columns = metrics, seconds and calls per volume."""
-    doses = sorted({d for s in summaries.values() for d in s["metrics"].get(reference, {})}, key=lambda d: int(d[3:]))
+    doses = _dose_levels(summaries, reference)
     header = f"{'method':<25}{'group':<6}" + "".join(f"{title:>11}" for _, title, _ in COLUMNS)
     header += f"{'s/volume':>10}{'calls/vol':>10}{'steps':>6}"
     print(f"\nreference: {reference} (brain-masked 3D metrics in activity units; sliceSSIM = paper's protocol)")
     for dose in doses:
-        print(f"\n== dose 1/{dose[3:]} ==\n{header}\n{'-' * len(header)}")
+        print(f"\n== dose {_dose_title(dose)} ==\n{header}\n{'-' * len(header)}")
         for method, summary in summaries.items():
             groups = summary["metrics"].get(reference, {}).get(dose, {})
             for group in (*GROUPS, "all"):

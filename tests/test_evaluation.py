@@ -58,6 +58,14 @@ def test_low_dose_outputs(cohort, tmp_path):
     assert len(os.listdir(os.path.join(folder, "panels"))) == 4
 
 
+def test_untrained_dose_level_is_scored_as_its_own_level(cohort, tmp_path):
+    folder = _evaluate(["train"], cohort, str(tmp_path), "low_dose", eval_dose_reduction_factors=[100, "random"])
+    random_rows = [r for r in _rows(folder) if r["dose_level"] == "random"]
+    assert len(random_rows) == 2 * 2 and all(4 <= float(r["dose_reduction_factor"]) <= 100 for r in random_rows)
+    with open(os.path.join(folder, "summary.json")) as f:
+        assert list(json.load(f)["metrics"]["sd"]) == ["drf100", "drfrandom"]
+
+
 def test_diffusion_methods_and_baselines(cohort, tmp_path):
     runs = str(tmp_path)
     _save_random_network(["train"], runs, "m2diff")
@@ -141,8 +149,8 @@ def test_faithfulness_metrics_and_subset_rows():
     assert row["uncertainty_spearman"] > 0.99 and row["uncertainty_coverage_2sd"] == 1.0
     assert row["pattern_amplitude"] < 1.0
     rows = [
-        {**row, "group": "CN", "dose_reduction_factor": 20, "has_lesions": True, "seconds": 1.0},
-        {**row, "group": "AD", "dose_reduction_factor": 20, "has_lesions": False, "seconds": 1.0},
+        {**row, "group": "CN", "dose_reduction_factor": 20, "dose_level": "20", "has_lesions": True, "seconds": 1.0},
+        {**row, "group": "AD", "dose_reduction_factor": 20, "dose_level": "20", "has_lesions": False, "seconds": 1.0},
     ]
     for r in rows:
         r.update(network_calls_per_slice=1, network_calls_per_volume=16)

@@ -125,6 +125,16 @@ def test_mri_free_result_does_not_depend_on_the_mri():
     assert not torch.allclose(guided(_with_mri(_study(), 1), net), guided(_with_mri(_study(), 2), net))
 
 
+def test_the_dose_level_is_not_an_input():
+    """The network is not conditioned on the record's drf (NormaliseStudyd scales each study by its own mean):
+    a study gives the same result with any drf or none."""
+    net, study = tiny_network(std=0.1), _study()
+    sampler = DDIMVolumeSampler(2, progress=False)
+    without = sampler(study, net)
+    for drf in (10, 33, 75):
+        torch.testing.assert_close(sampler(study, net, dose_reduction_factor=drf), without, rtol=0, atol=0)
+
+
 def test_same_seed_same_result_and_independent_of_slice_batching():
     net, study = tiny_network(std=0.1), _study()
     a = DDIMVolumeSampler(num_inference_steps=3, seed=7, slice_batch_size=2, progress=False)(study, net)

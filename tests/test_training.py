@@ -46,6 +46,17 @@ def test_load_cohort_paths_and_doses(cohort):
         load_cohort(os.path.join(cohort, "datalist.json"), "test", [7])
 
 
+def test_load_cohort_adds_the_untrained_dose_level(cohort):
+    """'random' scores each subject's extra image at its own dose (pet_drf_random), under dose_level 'random'."""
+    records = load_cohort(os.path.join(cohort, "datalist.json"), "test", [100, "random"], per_dose=True)
+    assert [r["dose_level"] for r in records] == ["100", "random", "100", "random"]
+    random_dose = records[1]
+    assert random_dose["pet_low_dose"].endswith("_pet_drf_random.nii.gz")
+    assert random_dose["dose_reduction_factor"] == random_dose["drf_random"] and random_dose["drfs"] == [100]
+    with pytest.raises(ValueError, match="per_dose"):
+        load_cohort(os.path.join(cohort, "datalist.json"), "test", ["random"])
+
+
 def test_slice_dataset_items(cohort):
     records = load_cohort(os.path.join(cohort, "datalist.json"), "training")
     dataset = PETSliceDataset(records, context_slices=1, patch_size=(32, 32), seed=3)
@@ -127,7 +138,13 @@ def test_m2diff_train_validate_resume(cohort, tmp_path):
     trainer = resumed.parser.get_parsed_content("train#trainer")
     assert trainer.state.epoch == 2 and trainer.state.iteration == 4  # continued, not restarted
     saved = torch.load(os.path.join(checkpoints, "checkpoint_final.pt"), weights_only=True)
-    assert saved["trainer"]["iteration"] == 4 and set(saved) == {"network", "ema", "optimizer", "lr_scheduler", "trainer"}
+    assert saved["trainer"]["iteration"] == 4 and set(saved) == {
+        "network",
+        "ema",
+        "optimizer",
+        "lr_scheduler",
+        "trainer",
+    }
     # the shipped-style weights are the moving average, not the last raw weights
     final = torch.load(os.path.join(checkpoints, "model_final.pt"), weights_only=True)
     averaged = {k[len("module.") :]: v for k, v in saved["ema"].items() if k.startswith("module.")}

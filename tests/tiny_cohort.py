@@ -50,7 +50,11 @@ def make_tiny_cohort(folder: str, splits: dict[str, int] | None = None, seed: in
                 "brain_mask": brain.astype(np.uint8),
             }
             images.update({f"pet_drf{k}": truth + rng.normal(0, 300 * np.sqrt(k), SHAPE) * brain for k in DRFS})
+            own = np.random.default_rng([seed, number])  # the untrained-dose image has its own stream
+            drf_random = float(own.uniform(4, 100))
+            images["pet_drf_random"] = truth + own.normal(0, 300 * np.sqrt(drf_random), SHAPE) * brain
             record = {"id": sid, "group": group, "ad_severity": 0.5 if group == "AD" else 0.0, "drfs": list(DRFS)}
+            record["drf_random"] = drf_random
             for key, array in images.items():
                 name = f"{sid}/{sid}_{key}.nii.gz"
                 dtype = array.dtype if array.dtype in (np.int16, np.uint8) else np.float32

@@ -106,21 +106,27 @@ def score_study(enhanced, study: dict, per_slice_threshold: float = 0.05) -> lis
     return rows
 
 
+def _summary_order(item: tuple) -> tuple:
+    """Dose levels in numeric order, the untrained-dose level (``random``) last."""
+    (reference, level, group), _ = item
+    return reference, not level.isdigit(), int(level) if level.isdigit() else 0, group
+
+
 def summarise(rows: list[dict]) -> dict:
     """Mean and standard deviation of each metric per (reference, dose level, group) and per (reference, dose)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
         subsets = [name for flag, name in SUBSETS.items() if row.get(flag)]
         for group in (row["group"], *subsets, "all"):
-            groups[(row["reference"], int(row["dose_reduction_factor"]), group)].append(row)
+            groups[(row["reference"], str(row["dose_level"]), group)].append(row)
     summary: dict = {}
-    for (reference, drf, group), members in sorted(groups.items()):
+    for (reference, level, group), members in sorted(groups.items(), key=_summary_order):
         entry = {"n": len(members)}
         for name in METRIC_NAMES + ("seconds", "network_calls_per_slice", "network_calls_per_volume"):
             values = np.array([m[name] for m in members], dtype=float)
             values = values[np.isfinite(values)]
             entry[name] = {"mean": float(values.mean()), "std": float(values.std())} if values.size else None
-        summary.setdefault(reference, {}).setdefault(f"drf{drf}", {})[group] = entry
+        summary.setdefault(reference, {}).setdefault(f"drf{level}", {})[group] = entry
     return summary
 
 
@@ -214,7 +220,8 @@ class StudyEvaluationHandler:
             info = {
                 "id": str(item["id"]),
                 "group": str(item["group"]),
-                "dose_reduction_factor": int(item["dose_reduction_factor"]),
+                "dose_reduction_factor": float(item["dose_reduction_factor"]),
+                "dose_level": str(item.get("dose_level", int(item["dose_reduction_factor"]))),
                 "method": self.method,
                 "num_inference_steps": self.num_inference_steps,
                 "seconds": seconds / len(batch),
@@ -240,8 +247,8 @@ class StudyEvaluationHandler:
             "uncertainty (std)": pred[1][..., k],
         }
         os.makedirs(os.path.join(self.output_dir, "panels"), exist_ok=True)
-        name = f"{info['id']}_drf{info['dose_reduction_factor']}"
-        title = f"{self.method}: {info['id']} ({info['group']}), dose 1/{info['dose_reduction_factor']}"
+        name = f"{info['id']}_drf{info['dose_level']}"
+        title = f"{self.method}: {info['id']} ({info['group']}), dose 1/{info['dose_reduction_factor']:.3g}"
         affine = study.get("affine")
         position = slice_position(affine, 2, k, mask.shape)
         figure = evaluation_figure(images, title, units="Bq/ml", affine=affine, position=position)

@@ -35,22 +35,26 @@ from scripts.sampler import slice_stack
 logger = logging.getLogger(__name__)
 
 DOSE_KEY = "pet_drf{}"
+#: dose level naming each record's extra image at its own, untrained dose (``pet_drf_random`` at ``drf_random``)
+RANDOM_DOSE = "random"
 PATH_SUFFIXES = (".nii", ".nii.gz", ".json", ".npy", ".npz")
 #: what a resumable checkpoint (``checkpoint_final.pt``) holds besides the network
 RESUME_KEYS = ("network", "ema", "optimizer", "lr_scheduler", "trainer")
 
 
 def load_cohort(
-    datalist_file: str, split: str, dose_reduction_factors: Sequence[int] | None = None, per_dose: bool = False
+    datalist_file: str, split: str, dose_reduction_factors: Sequence[int | str] | None = None, per_dose: bool = False
 ) -> list[dict]:
     """Records of one split of a cohort ``datalist.json`` with absolute paths.
 
     Args:
         datalist_file: path of ``datalist.json``; record paths are relative to its folder.
         split: "training", "validation" or "test".
-        dose_reduction_factors: keep only these dose levels (``None``: all of each record's ``drfs``).
-        per_dose: one record per (subject, dose level), with the low-dose image under ``pet_low_dose`` and the level
-            under ``dose_reduction_factor`` (evaluation); otherwise one record per subject (training).
+        dose_reduction_factors: keep only these dose levels (``None``: all of each record's ``drfs``); with
+            ``per_dose``, ``"random"`` adds each subject's image at its own untrained dose (``pet_drf_random``).
+        per_dose: one record per (subject, dose level), with the low-dose image under ``pet_low_dose``, its dose
+            reduction factor under ``dose_reduction_factor`` and the level's name under ``dose_level`` (evaluation);
+            otherwise one record per subject (training).
 
     Returns:
         List of record dicts.
@@ -64,17 +68,25 @@ def load_cohort(
     for record in datalist[split]:
         record = {k: os.path.join(base, v) if _is_relative_path(k, v) else v for k, v in record.items()}
         drfs = [int(k) for k in record.get("drfs", [])]
-        if dose_reduction_factors is not None:
-            missing = sorted(set(map(int, dose_reduction_factors)) - set(drfs))
-            if missing:
-                raise ValueError(f"{record['id']}: dose reduction factors {missing} requested, record has {drfs}")
-            drfs = [int(k) for k in dose_reduction_factors]
-        record["drfs"] = drfs
+        levels = list(drfs if dose_reduction_factors is None else dose_reduction_factors)
+        with_random = RANDOM_DOSE in levels
+        if with_random and not (per_dose and "pet_drf_random" in record):
+            raise ValueError(f"{record['id']}: dose level 'random' needs per_dose and the record's pet_drf_random")
+        wanted = [int(k) for k in levels if k != RANDOM_DOSE]
+        missing = sorted(set(wanted) - set(drfs))
+        if missing:
+            raise ValueError(f"{record['id']}: dose reduction factors {missing} requested, record has {drfs}")
+        record["drfs"] = wanted
         if not per_dose:
             records.append(record)
             continue
-        for drf in drfs:
-            records.append(dict(record, pet_low_dose=record[DOSE_KEY.format(drf)], dose_reduction_factor=drf))
+        for drf in wanted:
+            records.append(
+                dict(record, pet_low_dose=record[DOSE_KEY.format(drf)], dose_reduction_factor=drf, dose_level=str(drf))
+            )
+        if with_random:
+            random_dose = {"dose_reduction_factor": float(record["drf_random"]), "dose_level": RANDOM_DOSE}
+            records.append(dict(record, pet_low_dose=record["pet_drf_random"], **random_dose))
     if not records:
         logger.warning(f"split {split!r} of {datalist_file} has no subjects")
     return records

@@ -194,7 +194,7 @@ class DicomNode:
                 logger.info(f"study {study.name}: enhanced in {time.perf_counter() - start:.1f} s")
             files = self.derived_files(study)
             sent = self.send(study, files)
-            write_durably(b"", study / SENT_MARKER, self.spool.tmp_dir)
+            write_durably(b"", study / SENT_MARKER)
             self.spool.move(study, "done")
             logger.info(f"study {study.name}: sent {sent} instances to {self.sender}")
         except Exception as exc:  # noqa: B902 - one bad study must not stop the node (or fail again at each restart)
@@ -211,7 +211,7 @@ class DicomNode:
         output_dir = study / OUTPUT_DIR
         shutil.rmtree(output_dir, ignore_errors=True)  # a crash during the last attempt left partial results
         record = {"id": STUDY_ID, "pet": str(pet), **({"mri": str(mri)} if mri else {})}
-        datalist = write_durably(json.dumps([record]).encode(), study / "_datalist.json", self.spool.tmp_dir)
+        datalist = write_durably(json.dumps([record]).encode(), study / "_datalist.json")
         overrides = {**self.inference_overrides, "datalist": str(datalist), "output_dir": str(output_dir)}
         workflow = ConfigWorkflow(
             config_file=self.inference_config_file,
@@ -230,7 +230,7 @@ class DicomNode:
             workflow.finalize()
         if self.send_uncertainty:
             self._write_uncertainty_series(output_dir / STUDY_ID, pet)
-        write_durably(b"", study / ENHANCED_MARKER, self.spool.tmp_dir)
+        write_durably(b"", study / ENHANCED_MARKER)
 
     @staticmethod
     def _failure_reason(output_dir: Path, exc: Exception) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pydicom
 from pynetdicom import AE
 
-from .spool import fsync_directory
+from scripts.io.writers import fsync_directory
 
 SENT_LOG = "_sent.log"
 

@@ -19,33 +19,19 @@ import os
 import re
 import threading
 import time
-import uuid
 from pathlib import Path
+
+from scripts.io.writers import atomic_path, fsync_directory, remove_stale_temporaries
 
 STATES = ("incoming", "processing", "done", "failed")
 REASON_NAME = "reason.txt"
 UID_PATTERN = re.compile(r"^[0-9][0-9.]{0,63}$")
 
 
-def fsync_directory(folder: Path) -> None:
-    """Make a rename or a new file in ``folder`` durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_durably(data: bytes, path: Path, tmp_dir: Path) -> Path:
-    """Write ``data`` to ``tmp_dir``, fsync it, rename it to ``path`` and fsync the folder."""
-    tmp = tmp_dir / f"{uuid.uuid4().hex}.part"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, path)
-    fsync_directory(path.parent)
+def write_durably(data: bytes, path: Path) -> Path:
+    """Write ``data`` to ``path`` atomically and durably (fsync of the file and of the rename)."""
+    with atomic_path(path, durable=True) as tmp:
+        tmp.write_bytes(data)
     return path
 
 
@@ -63,11 +49,10 @@ class Spool:
 
     def __init__(self, spool_dir: str | os.PathLike) -> None:
         self.root = Path(spool_dir)
-        self.tmp_dir = self.root / "tmp"
-        for name in (*STATES, "tmp"):
+        for name in STATES:
             (self.root / name).mkdir(parents=True, exist_ok=True)
-        for leftover in self.tmp_dir.iterdir():  # partial writes of a killed node were never acknowledged
-            leftover.unlink()
+        for series in self.folder("incoming").glob("*/*"):  # partial writes of a killed node were never acknowledged
+            remove_stale_temporaries(series)
         self._lock = threading.Lock()
 
     def folder(self, state: str) -> Path:
@@ -83,9 +68,7 @@ class Spool:
             if not UID_PATTERN.match(str(uid)):
                 raise ValueError(f"invalid {name} {uid!r}")
         with self._lock:  # a study is not claimed half-way through an instance
-            return write_durably(
-                data, self.folder("incoming") / study_uid / series_uid / f"{sop_uid}.dcm", self.tmp_dir
-            )
+            return write_durably(data, self.folder("incoming") / study_uid / series_uid / f"{sop_uid}.dcm")
 
     def quiet_studies(self, quiet_time_s: float) -> list[Path]:
         """Studies in ``incoming/`` whose newest instance arrived at least ``quiet_time_s`` ago (oldest first)."""
@@ -115,7 +98,7 @@ class Spool:
     def move(self, study: Path, state: str, reason: str | None = None) -> Path:
         """Move a claimed study to ``done/`` or ``failed/`` (with ``reason.txt``)."""
         if reason is not None:
-            write_durably((reason.strip() + "\n").encode(), study / REASON_NAME, self.tmp_dir)
+            write_durably((reason.strip() + "\n").encode(), study / REASON_NAME)
         target = self._free_name(state, study.name)
         os.replace(study, target)
         fsync_directory(target.parent)

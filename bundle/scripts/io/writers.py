@@ -28,9 +28,21 @@ def _temporary_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}{TEMP_MARK}{uuid.uuid4().hex[:8]}{suffix}")
 
 
+def fsync_directory(folder: str | os.PathLike) -> None:
+    """Make a rename or a new file in ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary file path to write; on success move it to ``path``, on failure delete it.
+
+    With ``durable`` the file's data and the rename are fsync'ed before returning (what a DICOM node must do before
+    acknowledging an instance).
 
     Example::
 
@@ -44,7 +56,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         if not tmp.exists():
             raise FileNotFoundError(f"the writer did not create its temporary file {tmp}")
+        if durable:
+            with open(tmp, "rb+") as written:
+                os.fsync(written.fileno())
         os.replace(tmp, final)
+        if durable:
+            fsync_directory(final.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
