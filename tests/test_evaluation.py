@@ -156,3 +156,15 @@ def test_faithfulness_metrics_and_subset_rows():
         r.update(network_calls_per_slice=1, network_calls_per_volume=16)
     summary = summarise(rows)["sd"]["drf20"]
     assert summary["lesion"]["n"] == 1 and summary["all"]["n"] == 2 and "whole_head" not in summary
+
+
+def test_gaussian_fwhm_per_dose_level_takes_the_nearest_level_for_untrained_doses():
+    from scripts.inferers import GaussianFilterInferer
+
+    study = torch.zeros((1, 2, 16, 16, 16))
+    study[0, 0, 8, 8, 8] = 1.0
+    inferer = GaussianFilterInferer({20: 4.0, 100: 10.0}, voxel_size_mm=2.0)
+    peak = {drf: float(inferer(study, dose_reduction_factor=drf)[0, 0].max()) for drf in (20, 33, 75, 100)}
+    assert peak[33] == peak[20] and peak[75] == peak[100] and peak[20] > peak[100]
+    with pytest.raises(ValueError, match="dose reduction factor"):
+        inferer(study)

@@ -14,6 +14,7 @@ use them, so every method is scored by one workflow.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -65,7 +66,8 @@ class GaussianFilterInferer(Inferer):
     Args:
         fwhm_mm: full width at half maximum of the filter in mm (0: no filtering), or one per dose reduction factor
             (``{drf: fwhm}``, e.g. chosen on validation subjects by ``scripts.baselines.search_gaussian_fwhm``); the
-            dose level then comes as the ``dose_reduction_factor`` keyword of the call.
+            dose level then comes as the ``dose_reduction_factor`` keyword of the call; a level without its own FWHM
+            takes that of the nearest level on a log scale (e.g. 33 -> 20's, 75 -> 100's).
         voxel_size_mm: voxel size, in mm (one number or one per axis).
     """
 
@@ -83,9 +85,9 @@ class GaussianFilterInferer(Inferer):
         low_dose = inputs[:, :1].float()
         fwhm = self.fwhm_mm
         if isinstance(fwhm, dict):
-            if dose_reduction_factor is None or int(dose_reduction_factor) not in fwhm:
-                raise ValueError(f"no FWHM for dose reduction factor {dose_reduction_factor}; have {sorted(fwhm)}")
-            fwhm = fwhm[int(dose_reduction_factor)]
+            if dose_reduction_factor is None:
+                raise ValueError(f"a FWHM per dose level {sorted(fwhm)} needs the study's dose reduction factor")
+            fwhm = fwhm[min(fwhm, key=lambda level: abs(math.log(level / float(dose_reduction_factor))))]
         if fwhm <= 0:
             return _with_zero_std(low_dose)
         smooth = GaussianSmooth(sigma=[fwhm_to_sigma(fwhm) / s for s in self.voxel_size_mm])
