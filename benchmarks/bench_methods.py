@@ -58,9 +58,8 @@ def run_evaluation(method: str, runs_dir: str, dataset_dir: str, split: str, ove
 
 
 def _dose_levels(summaries: dict[str, dict], reference: str) -> list[str]:
-    """The summaries' dose levels (``drf20`` ...) in numeric order, the untrained-dose level ``drfrandom`` last."""
-    levels = {d for s in summaries.values() for d in s["metrics"].get(reference, {})}
-    return sorted(levels, key=lambda d: (not d[3:].isdigit(), int(d[3:]) if d[3:].isdigit() else 0))
+    """The summaries' dose levels (``drf20`` ...) in the order ``scripts.evaluation.summarise`` wrote them."""
+    return list(dict.fromkeys(d for s in summaries.values() for d in s["metrics"].get(reference, {})))
 
 
 def _dose_title(level: str) -> str:

@@ -221,7 +221,7 @@ class StudyEvaluationHandler:
                 "id": str(item["id"]),
                 "group": str(item["group"]),
                 "dose_reduction_factor": float(item["dose_reduction_factor"]),
-                "dose_level": str(item.get("dose_level", int(item["dose_reduction_factor"]))),
+                "dose_level": str(item["dose_level"]),
                 "method": self.method,
                 "num_inference_steps": self.num_inference_steps,
                 "seconds": seconds / len(batch),
