@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -20,6 +21,7 @@ from scripts.training import (
     MultiTaskDiffusionLoss,
     PETSliceDataset,
     RegressionPrepareBatch,
+    VoxelWeightedMSELoss,
     load_cohort,
 )
 
@@ -75,6 +77,53 @@ def test_slice_dataset_items(cohort):
     assert 0.7 < float(ratio) < 1.3
     whole = PETSliceDataset(records, patch_size=(48, 48))  # larger than the 40x40 image: zero-padded
     assert whole[0]["pet_low_dose"].shape == (1, 48, 48)
+
+
+def test_lesions_weigh_more_and_are_drawn_more_often(cohort, tmp_path):
+    """lesion_weight: lesion + shell voxels weigh 1 + w (all else, padding included, 1); lesion slices repeat."""
+    record = load_cohort(os.path.join(cohort, "datalist.json"), "training")[0]
+    brain = np.asarray(LoadImage(image_only=True)(record["brain_mask"])) > 0
+    lesion = np.zeros(brain.shape, np.uint8)
+    lesion[18:21, 18:21, 9:11] = 1  # slices 9 and 10
+    path = str(tmp_path / "lesion_mask.nii.gz")
+    nib.save(nib.Nifti1Image(lesion, np.eye(4)), path)
+    with_lesion = dict(record, lesion_mask=path, has_lesions=True)
+    plain = PETSliceDataset([with_lesion], patch_size=(48, 48))
+    assert all("loss_weight" not in plain[i] for i in range(len(plain)))
+    dataset = PETSliceDataset([with_lesion], patch_size=(48, 48), lesion_weight=5.0, lesion_oversampling=3)
+    # the 3-voxel shell reaches slices 6 to 13: eight lesion slices, each served 3 times
+    assert len(dataset) == len(plain) + 2 * 8
+    slice_of = {k: i for i, (_, k) in enumerate(dataset.items)}
+    weight = dataset[slice_of[9]]["loss_weight"][0]
+    assert weight.shape == (48, 48) and set(np.unique(weight.numpy())) == {1.0, 6.0}
+    region = weight == 6.0  # lesion (3x3) grown by 3 voxels in plane: within a 9x9 square, more than the lesion
+    assert 9 < int(region.sum()) <= 81
+    assert set(np.unique(dataset[slice_of[4]]["loss_weight"].numpy())) == {1.0}
+    no_lesion = PETSliceDataset([record], patch_size=(48, 48), lesion_weight=5.0, lesion_oversampling=3)
+    assert len(no_lesion) == len(plain)
+    with pytest.raises(ValueError, match="lesion_weight"):
+        PETSliceDataset([record], lesion_weight=-1.0)
+
+
+def test_voxel_weights_in_batches_and_losses():
+    """A loss_weight map travels as the target's second channel; both losses weight each squared error by it."""
+    weight = torch.ones(2, 1, 4, 4)
+    weight[:, :, :2] = 3.0  # the upper half weighs 3
+    batch = {key: torch.rand(2, 1, 4, 4) for key in ("pet_low_dose", "mri_t1", "pet_standard_dose")}
+    batch["loss_weight"] = weight
+    _, target, _, _ = DiffusionPrepareBatch(make_noise_scheduler())(batch)
+    assert target.shape == (2, 2, 4, 4) and torch.equal(target[:, 1:], weight)
+    _, target = RegressionPrepareBatch()(batch)
+    assert target.shape == (2, 2, 4, 4) and torch.equal(target[:, :1], batch["pet_standard_dose"])
+    target = torch.cat([torch.zeros(2, 1, 4, 4), weight], 1)
+    pred = torch.zeros(2, 1, 4, 4)
+    pred[:, :, :2] = 1.0  # error 1 on the upper half, 0 below: weighted mean 3 * 8 / (3 * 8 + 8) = 0.75
+    assert math.isclose(float(VoxelWeightedMSELoss()(pred, target)), 0.75, rel_tol=1e-6)
+    assert math.isclose(float(VoxelWeightedMSELoss()(pred, target[:, :1])), 0.5, rel_tol=1e-6)
+    heads = torch.cat([pred, pred], 1)
+    assert math.isclose(float(MultiTaskDiffusionLoss(0.4, 0.4, 0.2)(heads, target)), 0.8 * 0.75, rel_tol=1e-6)
+    with pytest.raises(ValueError, match="expected pred"):
+        VoxelWeightedMSELoss()(heads, target)
 
 
 def test_prepare_batch_and_loss():

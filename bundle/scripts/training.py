@@ -27,6 +27,7 @@ from monai.data import MetaTensor
 from monai.engines import PrepareBatch
 from monai.networks.schedulers import Scheduler
 from monai.transforms import LoadImage, RandCropByPosNegLabeld, Randomizable, SpatialPadd
+from scipy import ndimage
 from torch import nn
 
 from scripts.normalise import PET_SCALE_KEY, NormaliseStudyd
@@ -111,9 +112,13 @@ class PETSliceDataset(Randomizable, torch.utils.data.Dataset):
         patch_size: (H, W) crop; ``None`` keeps whole slices (H, W must then suit the network).
         min_brain_fraction: a slice is used when at least this fraction of its voxels is brain.
         seed: seed of the dose and crop choices.
+        lesion_weight: PET-only lesions (records' ``lesion_mask``) and a ``lesion_shell_voxels`` shell around them
+            weigh ``1 + lesion_weight`` in the loss (``loss_weight`` item); 0 gives no weight map.
+        lesion_oversampling: slices that cut a lesion are served this many times per epoch (1 = as often as others).
+        lesion_shell_voxels: thickness of the weighted shell (the lesion's contrast is relative to it).
 
     Each item: ``pet_low_dose`` and ``mri_t1`` ``(1 + 2c, H, W)``, ``pet_standard_dose`` ``(1, H, W)``,
-    ``dose_reduction_factor`` (int), ``id`` (str).
+    ``dose_reduction_factor`` (int), ``id`` (str); with ``lesion_weight`` > 0 also ``loss_weight`` ``(1, H, W)``.
     """
 
     def __init__(
@@ -123,14 +128,23 @@ class PETSliceDataset(Randomizable, torch.utils.data.Dataset):
         patch_size: Sequence[int] | None = (96, 96),
         min_brain_fraction: float = 0.02,
         seed: int = 0,
+        lesion_weight: float = 0.0,
+        lesion_oversampling: int = 1,
+        lesion_shell_voxels: int = 3,
     ) -> None:
         if not data:
             raise ValueError("PETSliceDataset needs at least one training record, got none")
         self.context_slices = int(context_slices)
         self.patch_size = None if patch_size is None else tuple(int(p) for p in patch_size)
+        if lesion_weight < 0 or lesion_oversampling < 1:
+            raise ValueError(
+                f"need lesion_weight >= 0 and lesion_oversampling >= 1, got {lesion_weight} and {lesion_oversampling}"
+            )
+        self.lesion_weight = float(lesion_weight)
         self.set_random_state(seed=seed)
         if self.patch_size is not None:  # a random window centred on a brain voxel, inside the (zero-padded) slice
             keys = ["pet_low_dose", "mri_t1", "pet_standard_dose", "brain_mask"]
+            keys += ["lesion_region"] if self.lesion_weight > 0 else []
             self.pad = SpatialPadd(keys, self.patch_size)
             self.crop = RandCropByPosNegLabeld(keys, "brain_mask", self.patch_size, pos=1.0, neg=0.0)
             self.crop.set_random_state(state=self.R)
@@ -152,10 +166,15 @@ class PETSliceDataset(Randomizable, torch.utils.data.Dataset):
                 "pet_scale": {drf: dose[PET_SCALE_KEY] for drf, dose in doses.items()},
                 "brain_mask": mask,
             }
+            lesion = _lesion_region(record, loader, lesion_shell_voxels, mask.shape)
+            if self.lesion_weight > 0:
+                study["lesion_region"] = torch.from_numpy(lesion.astype(np.float32))
             index = len(self.studies)
             self.studies.append(study)
             brain_fraction = mask.reshape(-1, mask.shape[-1]).mean(axis=0)
-            self.items += [(index, int(k)) for k in np.flatnonzero(brain_fraction >= min_brain_fraction)]
+            cuts_lesion = lesion.reshape(-1, lesion.shape[-1]).any(axis=0)
+            for k in np.flatnonzero(brain_fraction >= min_brain_fraction):
+                self.items += [(index, int(k))] * (int(lesion_oversampling) if cuts_lesion[k] else 1)
         if not self.items:
             raise ValueError(f"no axial slice holds a brain fraction >= {min_brain_fraction}")
 
@@ -175,20 +194,33 @@ class PETSliceDataset(Randomizable, torch.utils.data.Dataset):
             "mri_t1": slice_stack(study["mri_t1"][None, None], self.context_slices, [k])[0],
             "pet_standard_dose": study["pet_standard_dose"][..., k][None] / scale,
         }
+        if "lesion_region" in study:
+            item["lesion_region"] = study["lesion_region"][..., k][None]
         if self.patch_size is not None:
             item["brain_mask"] = torch.from_numpy(study["brain_mask"][..., k][None])
             item = self.crop(self.pad(item))[0]
             item.pop("brain_mask")
+        if "lesion_region" in item:  # weight 1 everywhere (padding included), 1 + lesion_weight on lesions and shells
+            item["loss_weight"] = 1.0 + self.lesion_weight * item.pop("lesion_region")
         item = {key: _as_tensor(v, None, False).float().contiguous() for key, v in item.items()}
         item.update(dose_reduction_factor=drf, id=study["id"])
         return item
+
+
+def _lesion_region(record: dict, loader: LoadImage, shell_voxels: int, shape: tuple) -> np.ndarray:
+    """The record's PET-only lesions grown by ``shell_voxels`` (all False when it has none)."""
+    if not record.get("has_lesions") or "lesion_mask" not in record:
+        return np.zeros(shape, dtype=bool)
+    lesion = np.asarray(loader(record["lesion_mask"])) > 0
+    return ndimage.binary_dilation(lesion, iterations=shell_voxels) if shell_voxels > 0 else lesion
 
 
 class DiffusionPrepareBatch(PrepareBatch):
     """Noise the standard-dose slices for an x0-predicting conditional diffusion network.
 
     Returns ``(inputs, targets, (timesteps,), kwargs)`` for ``SupervisedTrainer`` with a ``SimpleInferer``, i.e. the
-    network is called as ``network(cat([x_t, LD, MRI]), timesteps, **kwargs)`` and the loss as ``loss(pred, SD)``.
+    network is called as ``network(cat([x_t, LD, MRI]), timesteps, **kwargs)`` and the loss as ``loss(pred, SD)``
+    (``loss(pred, cat([SD, loss_weight]))`` when the batch carries a voxel weight map, see :class:`PETSliceDataset`).
 
     Args:
         scheduler: noise scheduler (``add_noise`` and ``num_train_timesteps``).
@@ -218,11 +250,15 @@ class DiffusionPrepareBatch(PrepareBatch):
         network_kwargs = {}
         if self.mri_dropout_prob > 0:
             network_kwargs["mri_free"] = torch.rand(batch_size, device=standard_dose.device) < self.mri_dropout_prob
-        return torch.cat([noisy, *conditions], dim=1), standard_dose, (timesteps,), network_kwargs
+        target = standard_dose
+        if "loss_weight" in batchdata:
+            target = torch.cat([standard_dose, _as_tensor(batchdata["loss_weight"], device, non_blocking, **kwargs)], 1)
+        return torch.cat([noisy, *conditions], dim=1), target, (timesteps,), network_kwargs
 
 
 class RegressionPrepareBatch(PrepareBatch):
-    """``([LD, MRI], SD)`` slices for a direct regression network (``use_mri=False``: ``(LD, SD)``)."""
+    """``([LD, MRI], SD)`` slices for a direct regression network (``use_mri=False``: ``(LD, SD)``); the target gets
+    the batch's ``loss_weight`` as a second channel when it has one (:class:`VoxelWeightedMSELoss`)."""
 
     def __init__(self, use_mri: bool = True) -> None:
         self.use_mri = use_mri
@@ -232,7 +268,8 @@ class RegressionPrepareBatch(PrepareBatch):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         keys = ["pet_low_dose", "mri_t1"] if self.use_mri else ["pet_low_dose"]
         inputs = torch.cat([_as_tensor(batchdata[k], device, non_blocking, **kwargs) for k in keys], dim=1)
-        return inputs, _as_tensor(batchdata["pet_standard_dose"], device, non_blocking, **kwargs)
+        targets = ["pet_standard_dose"] + (["loss_weight"] if "loss_weight" in batchdata else [])
+        return inputs, torch.cat([_as_tensor(batchdata[k], device, non_blocking, **kwargs) for k in targets], dim=1)
 
 
 def _as_tensor(value, device, non_blocking: bool, **kwargs) -> torch.Tensor:
@@ -240,11 +277,34 @@ def _as_tensor(value, device, non_blocking: bool, **kwargs) -> torch.Tensor:
     return value.to(device=device, non_blocking=non_blocking, **kwargs)
 
 
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error; with a non-empty ``weight`` (broadcast to ``pred``) each squared error is weighted by it
+    and the sum normalised by the weights' sum."""
+    if weight is None or weight.numel() == 0:
+        return nn.functional.mse_loss(pred, target)
+    weight = weight.expand_as(pred)
+    return torch.sum(weight * (pred - target) ** 2) / torch.sum(weight)
+
+
+class VoxelWeightedMSELoss(nn.Module):
+    """MSE of a one-channel prediction; a target ``(B, 2, ...)`` holds the SD and the voxel weights (see
+    :func:`weighted_mse`), a target ``(B, 1, ...)`` the SD alone."""
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if pred.ndim != target.ndim or pred.shape[1] != 1 or target.shape[1] not in (1, 2):
+            raise ValueError(
+                f"expected pred (B, 1, ...) and target (B, 1 or 2, ...), "
+                f"got {tuple(pred.shape)} and {tuple(target.shape)}"
+            )
+        return weighted_mse(pred, target[:, :1], target[:, 1:])
+
+
 class MultiTaskDiffusionLoss(nn.Module):
     """M2Diff's multi-task loss on the two heads' x0 predictions.
 
     ``pet_weight * MSE(pred[:, 0], SD) + mri_weight * MSE(pred[:, 1], SD) + consistency_weight * MSE(pred[:, 0],
-    pred[:, 1])``; the paper uses 0.4, 0.4, 0.2.
+    pred[:, 1])``; the paper uses 0.4, 0.4, 0.2. A target with a second channel holds voxel weights: each squared
+    error is then weighted by it (normalised by the weights' sum), e.g. to give PET-only lesions more weight.
 
     Args:
         pet_weight: weight of the PET head's error.
@@ -259,17 +319,21 @@ class MultiTaskDiffusionLoss(nn.Module):
         self.consistency_weight = consistency_weight
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Args: pred ``(B, 2, H, W)`` (PET head, MRI head); target ``(B, 1, H, W)``. Returns a scalar."""
-        if pred.ndim != target.ndim or pred.shape[1] != 2 or target.shape[1] != 1:
+        """Args: pred ``(B, 2, H, W)`` (PET head, MRI head); target ``(B, 1 or 2, H, W)`` (SD, optional voxel weight).
+
+        Returns a scalar.
+        """
+        if pred.ndim != target.ndim or pred.shape[1] != 2 or target.shape[1] not in (1, 2):
             raise ValueError(
-                f"expected pred (B, 2, ...) and target (B, 1, ...), got {tuple(pred.shape)} and {tuple(target.shape)}"
+                f"expected pred (B, 2, ...) and target (B, 1 or 2, ...), "
+                f"got {tuple(pred.shape)} and {tuple(target.shape)}"
             )
         pet_head, mri_head = pred[:, :1], pred[:, 1:]
-        mse = nn.functional.mse_loss
+        target, weight = target[:, :1], target[:, 1:]
         return (
-            self.pet_weight * mse(pet_head, target)
-            + self.mri_weight * mse(mri_head, target)
-            + self.consistency_weight * mse(pet_head, mri_head)
+            self.pet_weight * weighted_mse(pet_head, target, weight)
+            + self.mri_weight * weighted_mse(mri_head, target, weight)
+            + self.consistency_weight * weighted_mse(pet_head, mri_head, weight)
         )
 
 
