@@ -25,7 +25,7 @@ def test_qc_panel_columns_units_positions_and_sides():
     affine = grid_affine()
     figure = qc_figure(pet, pet, mri_t1=pet, title="s1", affine=affine, units="BQML (assumed for NIfTI)")
     titles = [ax.get_title() for ax in _image_axes(figure)]
-    assert len(titles) == 6 and not any("uncertainty" in t for t in titles)  # no empty uncertainty column
+    assert len(titles) == 6
     assert titles[0].startswith("MRI T1") and "low-dose PET (input)" in titles[1] and "enhanced PET" in titles[2]
     assert all("mm" in t for t in titles) and "axial, z = " in titles[1] and "coronal, y = " in titles[4]
     assert _colour_bar_labels(figure) == ["Bq/ml"] * 4  # both PET columns, both rows; the MRI has none
@@ -33,26 +33,16 @@ def test_qc_panel_columns_units_positions_and_sides():
     assert _image_axes(figure)[1].get_images()[0].get_cmap().name == "hot"
 
 
-def test_uncertainty_column_is_masked_to_the_head():
-    pet = blob_volume((20, 24, 10), background=0.0)
-    uncertainty = np.where(pet > 0.05 * pet.max(), 5.0, 0.0).astype(np.float32)  # the sampler zeroes the background
-    figure = qc_figure(pet, pet, uncertainty=uncertainty, affine=grid_affine(), units="GML")
-    axes = _image_axes(figure)
-    assert len(axes) == 6 and axes[2].get_title().startswith("uncertainty")
-    shown = np.ma.filled(axes[2].get_images()[0].get_array().astype(float), np.nan)
-    assert np.isnan(shown).any() and np.nanmax(shown) == 5.0  # background hidden, head shown
-    assert "SD, SUV (g/ml)" in _colour_bar_labels(figure)
-
-
 def test_sides_follow_the_affine_and_evaluation_panel_shares_the_style():
     flipped = np.diag([-2.0, 2.0, 2.0, 1.0])
     assert lr_labels(np.eye(4)) == ("L", "R") and lr_labels(flipped) == ("R", "L")
     assert lr_labels(np.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])) is None
     plane = blob_volume((20, 24, 10))[..., 5]
-    names = ["MRI", "low dose", "enhanced", "standard dose", "|error|", "uncertainty (std)"]
+    names = ["MRI", "low dose", "enhanced", "standard dose", "|error|"]
     figure = evaluation_figure({n: plane for n in names}, "m2diff: sub-1", affine=np.eye(4), position="z = 5.0 mm")
-    assert len(_image_axes(figure)) == 6 and _colour_bar_labels(figure).count("Bq/ml") == 5
-    assert "z = 5.0 mm" in figure._suptitle.get_text() and _texts(figure).count("L") == 6
+    assert len(_image_axes(figure)) == 5 and _colour_bar_labels(figure).count("Bq/ml") == 4
+    assert _image_axes(figure)[4].get_images()[0].get_cmap().name == "viridis"
+    assert "z = 5.0 mm" in figure._suptitle.get_text() and _texts(figure).count("L") == 5
 
 
 def test_qc_panel_shows_activity_units_not_normalised_values(tmp_path, monkeypatch):
@@ -65,7 +55,7 @@ def test_qc_panel_shows_activity_units_not_normalised_values(tmp_path, monkeypat
 
     drawn = {}
 
-    def capture(pet, pred, mri, uncertainty, **kwargs):
+    def capture(pet, pred, mri, **kwargs):
         drawn.update(pet=pet, pred=pred, mri=mri)
         return plt.figure()
 

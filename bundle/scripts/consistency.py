@@ -17,9 +17,6 @@ from monai.transforms import GaussianSmooth
 
 from scripts.constants import FWHM_PER_SIGMA
 
-#: activity (in units of the study's bright-tissue level) above which a smoothed low-dose voxel is inside the head
-HEAD_THRESHOLD = 0.05
-
 
 def low_frequency_consistency(
     enhanced: torch.Tensor, low_dose: torch.Tensor, fwhm_voxels: Sequence[float] | None
@@ -41,12 +38,6 @@ def low_frequency_consistency(
         return enhanced
     low_pass = GaussianSmooth(sigma=[float(f) / FWHM_PER_SIGMA for f in fwhm_voxels])
     return enhanced + torch.as_tensor(low_pass(low_dose - enhanced))
-
-
-def head_mask(low_dose: torch.Tensor, sigma_voxels: float = 2.0, threshold: float = HEAD_THRESHOLD) -> torch.Tensor:
-    """Voxels inside the head: the smoothed, normalised low-dose image above ``threshold``; ``(C, H, W, D)`` float."""
-    smooth = GaussianSmooth(sigma=sigma_voxels)
-    return (torch.as_tensor(smooth(low_dose.float())) > threshold).float()
 
 
 def physical_activity(image: torch.Tensor) -> torch.Tensor:

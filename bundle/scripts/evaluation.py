@@ -21,7 +21,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from scripts import metrics
-from scripts.faithfulness import lesion_contrast, pattern_retention, uncertainty_calibration
+from scripts.faithfulness import lesion_contrast, pattern_retention
 from scripts.io.writers import atomic_path, write_json
 from scripts.plotting import evaluation_figure, save_figure, slice_position
 
@@ -31,9 +31,8 @@ REFERENCES = {"sd": "pet_sd", "sd_noisefree": "pet_sd_noisefree"}
 #: columns of the console table (mean +- SD over studies)
 TABLE_METRICS = ("psnr", "ssim", "nmse", "mean_bias_pct", "suvr_bias_pct")
 METRIC_NAMES = ("psnr", "ssim", "nmse", "mean_bias_pct", "suvr_bias_pct", "slice_psnr", "slice_ssim")
-#: faithfulness (scripts.faithfulness): worst lesion-contrast error, within-region uptake pattern kept, uncertainty
+#: faithfulness (scripts.faithfulness): worst lesion-contrast error, within-region uptake pattern kept
 FAITHFULNESS_METRICS = ("lesion_contrast_err_pct", "pattern_amplitude", "pattern_correlation")
-FAITHFULNESS_METRICS += ("uncertainty_spearman", "uncertainty_coverage_2sd")
 METRIC_NAMES += FAITHFULNESS_METRICS
 #: study subsets reported as rows of their own besides the CN/AD groups (record flag -> row name)
 SUBSETS = {"has_lesions": "lesion", "t1_whole_head": "whole_head"}
@@ -48,8 +47,8 @@ def _flag(value) -> bool:
     return bool(np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value).ravel()[:1].any())
 
 
-def _faithfulness(enhanced: np.ndarray, ref: np.ndarray, study: dict, mask: np.ndarray) -> dict:
-    """Lesion contrast, uptake pattern and uncertainty metrics of one study (NaN where they do not apply)."""
+def _faithfulness(enhanced: np.ndarray, ref: np.ndarray, study: dict) -> dict:
+    """Lesion contrast and uptake pattern metrics of one study (NaN where they do not apply)."""
     row = {name: float("nan") for name in FAITHFULNESS_METRICS}
     lesions = study.get("lesion_mask")
     if lesions is not None and lesions.any():
@@ -61,9 +60,6 @@ def _faithfulness(enhanced: np.ndarray, ref: np.ndarray, study: dict, mask: np.n
     if "labels" in study:
         kept = pattern_retention(enhanced, ref, study["labels"])
         row.update(pattern_amplitude=kept["amplitude"], pattern_correlation=kept["correlation"])
-    if study.get("uncertainty") is not None and study["uncertainty"].any():
-        calibration = uncertainty_calibration(enhanced, study["uncertainty"], ref, mask)
-        row.update(uncertainty_spearman=calibration["spearman"], uncertainty_coverage_2sd=calibration["coverage_2sd"])
     return row
 
 
@@ -73,8 +69,7 @@ def score_study(enhanced, study: dict, per_slice_threshold: float = 0.05) -> lis
     Args:
         enhanced: ``(H, W, D)`` enhanced PET in activity units.
         study: ``pet_sd``, ``pet_sd_noisefree`` (``(H, W, D)``, activity units), ``brain_mask``, ``labels``,
-            ``affine`` (4x4 of the labels' grid); optional ``lesion_mask`` (one integer per lesion) and
-            ``uncertainty`` (per-voxel SD, activity units).
+            ``affine`` (4x4 of the labels' grid); optional ``lesion_mask`` (one integer per lesion).
         per_slice_threshold: mask threshold of the paper's per-slice protocol.
 
     Returns:
@@ -101,7 +96,7 @@ def score_study(enhanced, study: dict, per_slice_threshold: float = 0.05) -> lis
             except ValueError:  # no meta-ROI or pons voxel in this field of view
                 pass
         row.update(metrics.per_slice_protocol(enhanced, ref, per_slice_threshold))
-        row.update(_faithfulness(enhanced, ref, study, mask))
+        row.update(_faithfulness(enhanced, ref, study))
         rows.append(row)
     return rows
 
@@ -213,7 +208,6 @@ class StudyEvaluationHandler:
             study = {k: _array(item[k])[0] for k in ("pet_sd", "pet_sd_noisefree", "brain_mask") if k in item}
             if "lesion_mask" in item:
                 study["lesion_mask"] = _array(item["lesion_mask"])[0].astype(np.int32)
-            study["uncertainty"] = pred[1]
             if "labels" in item:
                 study["labels"] = _array(item["labels"])[0].astype(np.int32)
                 study["affine"] = _array(item["labels"].affine)
@@ -244,7 +238,6 @@ class StudyEvaluationHandler:
             "enhanced": pred[0][..., k],
             "standard dose": study["pet_sd"][..., k],
             "|error|": np.abs(pred[0] - study["pet_sd"])[..., k],
-            "uncertainty (std)": pred[1][..., k],
         }
         os.makedirs(os.path.join(self.output_dir, "panels"), exist_ok=True)
         name = f"{info['id']}_drf{info['dose_level']}"

@@ -1,9 +1,8 @@
 """How each method turns a normalised study ``[LD, MRI]`` into an enhanced volume: MONAI ``Inferer`` objects.
 
 Every inferer takes ``inputs`` of shape ``(B, 2, H, W, D)`` (channel 0 the normalised low-dose PET, channel 1 the
-normalised MRI, axial = last dim) and the network, and returns ``(B, 2, H, W, D)``: channel 0 the enhanced image,
-channel 1 its per-voxel standard deviation (zeros for deterministic methods). Training, validation and evaluation all
-use them, so every method is scored by one workflow.
+normalised MRI, axial = last dim) and the network, and returns the enhanced image ``(B, 1, H, W, D)``. Training,
+validation and evaluation all use them, so every method is scored by one workflow.
 
 - ``scripts.sampler.DDIMVolumeSampler``: the diffusion methods (M2Diff, its MRI-free mode with ``use_mri=False``,
   the single-branch conditional diffusion baseline), the same inferer inference ships.
@@ -30,10 +29,6 @@ def _check_inputs(inputs: torch.Tensor) -> None:
         raise ValueError(f"expected inputs (B, 2, H, W, D) = [low-dose PET, MRI], got {tuple(inputs.shape)}")
 
 
-def _with_zero_std(image: torch.Tensor) -> torch.Tensor:
-    return torch.cat([image, torch.zeros_like(image)], dim=1)
-
-
 class SliceRegressionInferer(Inferer):
     """Enhance with a 2D regression network on axial ``[LD, MRI]`` slices (padded to ``roi_size``).
 
@@ -57,7 +52,7 @@ class SliceRegressionInferer(Inferer):
         network_inputs = inputs if self.use_mri else inputs[:, :1]
         with torch.no_grad():
             pred = self.slice_inferer(network_inputs.float(), network)
-        return _with_zero_std(pred.as_tensor() if hasattr(pred, "as_tensor") else pred)
+        return pred.as_tensor() if hasattr(pred, "as_tensor") else pred
 
 
 class GaussianFilterInferer(Inferer):
@@ -89,7 +84,7 @@ class GaussianFilterInferer(Inferer):
                 raise ValueError(f"a FWHM per dose level {sorted(fwhm)} needs the study's dose reduction factor")
             fwhm = fwhm[min(fwhm, key=lambda level: abs(math.log(level / float(dose_reduction_factor))))]
         if fwhm <= 0:
-            return _with_zero_std(low_dose)
+            return low_dose
         smooth = GaussianSmooth(sigma=[fwhm_to_sigma(fwhm) / s for s in self.voxel_size_mm])
         filtered = torch.stack([torch.as_tensor(smooth(study)) for study in low_dose])
-        return _with_zero_std(filtered.to(inputs.device))
+        return filtered.to(inputs.device)

@@ -1,7 +1,7 @@
 """The one plotting style of the bundle: the inference QC panel and the evaluation panels.
 
 PET is shown in the "hot" colour map from 0 to a shared top value with a colour bar in its units (Bq/ml or SUV),
-the MRI in grey, errors and uncertainty in "viridis" (uncertainty masked to the head). Each image carries its slice
+the MRI in grey, errors in "viridis". Each image carries its slice
 position in mm and L/R markers (patient left/right, from the affine), and is displayed with anterior (axial) or
 superior (coronal) at the top.
 """
@@ -26,11 +26,6 @@ def unit_label(units: str | None) -> str:
 def top_value(image: np.ndarray) -> float:
     """Upper end of the display range (the 99.5th percentile; 1 for an empty image)."""
     return float(np.percentile(image, TOP_PERCENTILE)) or 1.0
-
-
-def outside_head_hidden(uncertainty: np.ndarray) -> np.ndarray:
-    """The sampler's SD is exactly zero outside the head (``scripts.consistency.head_mask``): hide those voxels."""
-    return np.where(uncertainty > 0, uncertainty, np.nan)
 
 
 def lr_labels(affine: np.ndarray | None) -> tuple[str, str] | None:
@@ -108,15 +103,14 @@ def qc_figure(
     pet_low_dose: np.ndarray,
     enhanced: np.ndarray,
     mri_t1: np.ndarray | None = None,
-    uncertainty: np.ndarray | None = None,
     title: str = "",
     affine: np.ndarray | None = None,
     units: str | None = None,
 ):
     """The inference QC panel: axial and coronal planes through the PET's centre of activity.
 
-    Columns: the MRI (when given), the low-dose PET, the enhanced PET (same range, in ``units``) and the uncertainty
-    (per-voxel SD, masked to the head) when given. Volumes are ``(X, Y, Z)`` on one RAS grid (axial = last axis).
+    Columns: the MRI (when given), the low-dose PET and the enhanced PET (same range, in ``units``). Volumes are
+    ``(X, Y, Z)`` on one RAS grid (axial = last axis).
 
     Returns:
         the matplotlib figure.
@@ -132,9 +126,6 @@ def qc_figure(
     columns = [("MRI T1", mri_t1, "mri", None, "")] if mri_t1 is not None else []
     columns += [("low-dose PET (input)", pet_low_dose, "pet", top, label)]
     columns += [("enhanced PET", enhanced, "pet", top, label)]
-    if uncertainty is not None:
-        masked = outside_head_hidden(uncertainty)
-        columns += [("uncertainty (SD, head)", masked, "spread", 0.25 * top, f"SD, {label}")]
     spacing = np.sqrt((np.asarray(affine if affine is not None else np.eye(4))[:3, :3] ** 2).sum(axis=0))
     sides = lr_labels(affine)
     axial, coronal = (lambda v: v[:, :, centre[2]]), (lambda v: v[:, centre[1], :])
@@ -157,8 +148,8 @@ def evaluation_figure(images: dict[str, np.ndarray], title: str, units: str = "B
     """One axial plane of each image of an evaluated study in one row (the QC panel's style).
 
     Args:
-        images: name -> plane; "MRI" in grey, "|error|" and "uncertainty (std)" in the spread colour map (the
-            uncertainty masked to the head), the rest as PET on the range of "standard dose".
+        images: name -> plane; "MRI" in grey, "|error|" in the spread colour map, the rest as PET on the range of
+            "standard dose".
         title: figure title.
         units: PET units for the colour bars.
         affine: the images' affine, for the L/R markers.
@@ -173,9 +164,8 @@ def evaluation_figure(images: dict[str, np.ndarray], title: str, units: str = "B
     for axis, (name, plane) in zip(axes[0], images.items()):
         if name == "MRI":
             draw(figure, axis, plane, "mri", top_value(plane), "", sides)
-        elif name in ("|error|", "uncertainty (std)"):
-            shown = outside_head_hidden(plane) if "uncertainty" in name else plane
-            draw(figure, axis, shown, "spread", 0.25 * top, units, sides)
+        elif name == "|error|":
+            draw(figure, axis, plane, "spread", 0.25 * top, units, sides)
         else:
             draw(figure, axis, plane, "pet", top, units, sides)
         axis.set_title(name, fontsize=9)

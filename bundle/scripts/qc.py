@@ -1,4 +1,4 @@
-"""Quality-control PNG of one study: MRI, low-dose PET, enhanced PET and uncertainty, axial and coronal.
+"""Quality-control PNG of one study: MRI, low-dose PET and enhanced PET, axial and coronal.
 
 The drawing is :mod:`scripts.plotting`'s (shared with the evaluation panels).
 """
@@ -29,7 +29,7 @@ def _volume(image: torch.Tensor | np.ndarray | None) -> np.ndarray | None:
 
 
 class SaveQCPaneld(Transform):
-    """Write ``<output_dir>/<id>/<id>_qc.png`` from ``mri``, ``pet``, ``pred`` and ``uncertainty`` (RAS, same grid).
+    """Write ``<output_dir>/<id>/<id>_qc.png`` from ``mri``, ``pet`` and ``pred`` (RAS, same grid).
 
     Run before the outputs are reoriented back (``Invertd``). Adds the path to ``data["outputs"]["qc_png"]``.
 
@@ -49,7 +49,7 @@ class SaveQCPaneld(Transform):
         path = study_outputs(self.output_dir, d["id"])["qc_png"]
         title = f"{d['id']}" + (f"  (dose reduction factor {d['drf']})" if d.get("drf") else "")
         affine = np.asarray(getattr(d["pet"], "affine", np.eye(4)), dtype=np.float64)
-        volumes = [_volume(d.get(k)) for k in ("pet", "pred", "mri", "uncertainty")]
+        volumes = [_volume(d.get(k)) for k in ("pet", "pred", "mri")]
         scale = float(d.get(PET_SCALE_KEY, 1.0))  # the PET images are still normalised here: back to activity units
         volumes = [v if v is None or i == 2 else v * scale for i, v in enumerate(volumes)]
         units = (d.get("units") or {}).get("input_units")  # the outputs are converted after this panel

@@ -23,7 +23,7 @@ from monai.networks.schedulers import DDPMScheduler
 from torch import nn
 from tqdm import tqdm
 
-from scripts.consistency import head_mask, low_frequency_consistency, physical_activity
+from scripts.consistency import low_frequency_consistency, physical_activity
 
 NUM_TRAIN_TIMESTEPS = 1000
 
@@ -74,8 +74,8 @@ class DDIMVolumeSampler(Inferer):
 
     The chain follows output channel 0 (M2Diff's PET head). With ``warm_start_timestep`` the chain starts from the
     low-dose image noised to that timestep instead of pure noise. ``num_samples`` chains with different noise give
-    the output (their mean) and a per-voxel standard deviation (uncertainty). Noise is drawn for the whole volume
-    from ``seed``, so results do not depend on ``slice_batch_size``.
+    the output (their mean; no uncertainty map: the samples' spread did not rank the errors, see docs/README.md).
+    Noise is drawn for the whole volume from ``seed``, so results do not depend on ``slice_batch_size``.
 
     Args:
         num_inference_steps: DDIM steps per chain.
@@ -134,8 +134,7 @@ class DDIMVolumeSampler(Inferer):
             kwargs: passed to :meth:`sample_study` (e.g. ``dose_reduction_factor``).
 
         Returns:
-            ``(B, 2, H, W, D)``: the enhanced PET (mean of the samples) and the per-voxel SD of the samples (zeros
-            for one sample), in the normalised units of the input.
+            ``(B, 1, H, W, D)``: the enhanced PET (mean of the samples), in the normalised units of the input.
         """
         if inputs.ndim != 5 or inputs.shape[1] not in (1, 2):
             raise ValueError(f"expected inputs (B, 1 or 2, H, W, D) = [low-dose PET, MRI], got {tuple(inputs.shape)}")
@@ -155,10 +154,10 @@ class DDIMVolumeSampler(Inferer):
         voxel_size_mm: Sequence[float] | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
-        """One study: ``(1, 1, H, W, D)`` normalised PET (and MRI, or ``None``) -> ``(1, 2, H, W, D)`` [mean, SD].
+        """One study: ``(1, 1, H, W, D)`` normalised PET (and MRI, or ``None``) -> ``(1, 1, H, W, D)`` enhanced PET.
 
-        Each sample takes the low-dose image's low frequencies (when ``consistency_fwhm_mm`` is set); the mean is
-        clipped at zero activity; the SD is zero outside the head (``scripts.consistency.head_mask``).
+        Each sample takes the low-dose image's low frequencies (when ``consistency_fwhm_mm`` is set); the mean of the
+        samples is clipped at zero activity.
         """
         samples = self._sample(network, pet_low_dose, mri_t1)  # (S, 1, 1, H, W, D)
         if self.consistency_fwhm_mm > 0:
@@ -167,12 +166,7 @@ class DDIMVolumeSampler(Inferer):
             fwhm = [self.consistency_fwhm_mm / float(v) for v in voxel_size_mm]
             low_dose = pet_low_dose[0].float().cpu()
             samples = torch.stack([low_frequency_consistency(s[0], low_dose, fwhm)[None] for s in samples])
-        mean = physical_activity(samples.mean(dim=0))
-        if self.num_samples > 1:
-            std = samples.std(dim=0, unbiased=False) * head_mask(pet_low_dose[0].float().cpu())[None]
-        else:
-            std = torch.zeros_like(mean)
-        return torch.cat([mean, std], dim=1)
+        return physical_activity(samples.mean(dim=0))
 
     def _sample(self, network: nn.Module, pet_low_dose: torch.Tensor, mri_t1: torch.Tensor | None) -> torch.Tensor:
         """The ``num_samples`` chains' final x0 estimates, ``(S, 1, 1, H, W, D)``."""

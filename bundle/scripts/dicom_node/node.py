@@ -16,13 +16,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import nibabel as nib
 import pydicom
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
 from scripts.enhance import SUMMARY_NAME
-from scripts.io import read_dicom_series, write_derived_series
 
 from .sender import DicomSender
 from .spool import Spool, series_folders, write_durably
@@ -94,7 +92,6 @@ class DicomNode:
         allowed_calling_aes: calling AE titles accepted (associations from others are rejected); empty: any.
         quiet_time_s: a study is enhanced once no instance arrived for this long.
         destination: ``{"host", "port", "ae_title"}`` of the AE that receives the derived series.
-        send_uncertainty: also send the per-voxel SD as a derived series (needs ``num_samples > 1``).
         send_retries: attempts to send before the study is moved to ``failed/``.
         retry_interval_s: wait between attempts.
         inference_config_file: config file(s) of the inference workflow (e.g. with ``inference_onnx.json``).
@@ -112,7 +109,6 @@ class DicomNode:
         allowed_calling_aes: Sequence[str] = (),
         quiet_time_s: float = 30.0,
         destination: dict | None = None,
-        send_uncertainty: bool = False,
         send_retries: int = 3,
         retry_interval_s: float = 30.0,
         inference_config_file: str | Sequence[str] | None = None,
@@ -126,7 +122,6 @@ class DicomNode:
         self.quiet_time_s, self.poll_interval_s = float(quiet_time_s), float(poll_interval_s)
         destination = dict(destination or {})
         self.sender = DicomSender(destination["host"], destination["port"], destination["ae_title"], ae_title)
-        self.send_uncertainty = bool(send_uncertainty)
         self.send_retries, self.retry_interval_s = max(1, int(send_retries)), float(retry_interval_s)
         configs = os.path.join(self.bundle_root, "configs")
         self.inference_config_file = inference_config_file or os.path.join(configs, "inference.json")
@@ -228,8 +223,6 @@ class DicomNode:
             raise StudyFailed(self._failure_reason(output_dir, exc)) from exc
         finally:
             workflow.finalize()
-        if self.send_uncertainty:
-            self._write_uncertainty_series(output_dir / STUDY_ID, pet)
         write_durably(b"", study / ENHANCED_MARKER)
 
     @staticmethod
@@ -242,25 +235,10 @@ class DicomNode:
                 exc = exc.__cause__
             return f"inference failed: {type(exc).__name__}: {exc}"
 
-    def _write_uncertainty_series(self, folder: Path, pet: Path) -> None:
-        path = folder / f"{STUDY_ID}_uncertainty.nii.gz"
-        if not path.is_file():
-            raise StudyFailed("send_uncertainty needs num_samples > 1 in inference_overrides")
-        units = str(pydicom.dcmread(next(iter(sorted(pet.glob("*.dcm")))), stop_before_pixels=True).get("Units", ""))
-        write_derived_series(
-            nib.load(path).get_fdata(),
-            read_dicom_series(pet),
-            folder / f"{STUDY_ID}_uncertainty_dicom",
-            series_description="M2Diff uncertainty (SD)",
-            units=units or "BQML",
-            derivation="Per-voxel standard deviation of the M2Diff samples (research use only)",
-        )
-
     def derived_files(self, study: Path) -> list[Path]:
-        """The derived DICOM files to send (the enhanced series, and the uncertainty series when configured)."""
+        """The derived DICOM files to send (the enhanced series)."""
         folder = study / OUTPUT_DIR / STUDY_ID
-        series = [f"{STUDY_ID}_enhanced_dicom"] + ([f"{STUDY_ID}_uncertainty_dicom"] if self.send_uncertainty else [])
-        files = [path for name in series for path in sorted((folder / name).glob("*.dcm"))]
+        files = sorted((folder / f"{STUDY_ID}_enhanced_dicom").glob("*.dcm"))
         if not files:
             raise StudyFailed(f"the inference wrote no derived DICOM series in {folder}")
         return files

@@ -130,7 +130,6 @@ def study_outputs(output_dir: str | os.PathLike, study_id: str) -> dict[str, str
     return {
         "folder": str(folder),
         "enhanced": str(folder / f"{study_id}_enhanced.nii.gz"),
-        "uncertainty": str(folder / f"{study_id}_uncertainty.nii.gz"),
         "dicom": str(folder / f"{study_id}_enhanced_dicom"),
         "qc_png": str(folder / f"{study_id}_qc.png"),
     }

@@ -143,25 +143,23 @@ class ConvertUnitsd(MapTransform):
 class SaveStudyd(Transform):
     """Write a study's outputs atomically on the input PET's grid.
 
-    ``<output_dir>/<id>/<id>_enhanced.nii.gz`` (float32, the input's shape and affine; a NIfTI input's header is kept),
-    ``<id>_uncertainty.nii.gz`` when ``uncertainty`` is present, and with ``save_dicom`` a derived DICOM series
-    ``<id>_enhanced_dicom/`` for DICOM input. NIfTI input has no DICOM header to derive a series from: DICOM output is
-    skipped for it with a note in the summary. Written paths go to ``data["outputs"]``, notes to ``data["notes"]``.
+    ``<output_dir>/<id>/<id>_enhanced.nii.gz`` (float32, the input's shape and affine; a NIfTI input's header is kept)
+    and with ``save_dicom`` a derived DICOM series ``<id>_enhanced_dicom/`` for DICOM input. NIfTI input has no DICOM
+    header to derive a series from: DICOM output is skipped for it with a note in the summary. Written paths go to
+    ``data["outputs"]``, notes to ``data["notes"]``.
 
     Args:
         output_dir: results folder.
         save_dicom: also write the derived DICOM series.
         model_version: bundle version, written into the DICOM SeriesDescription.
-        keys: the enhanced and uncertainty keys.
+        key: the enhanced image's key.
     """
 
-    def __init__(
-        self, output_dir: str, save_dicom: bool = False, model_version: str = "unknown", keys=("pred", "uncertainty")
-    ) -> None:
+    def __init__(self, output_dir: str, save_dicom: bool = False, model_version: str = "unknown", key="pred") -> None:
         self.output_dir = output_dir
         self.save_dicom = flag(save_dicom, "save_dicom")
         self.model_version = model_version
-        self.enhanced_key, self.uncertainty_key = keys
+        self.enhanced_key = key
 
     @staticmethod
     def _array(image: torch.Tensor, pet: MetaTensor) -> np.ndarray:
@@ -198,9 +196,6 @@ class SaveStudyd(Transform):
         notes = list(d.get("notes") or [])
         enhanced = self._array(d[self.enhanced_key], pet)
         outputs["enhanced"] = str(write_nifti(enhanced, affine, paths["enhanced"], template=template))
-        if d.get(self.uncertainty_key) is not None:
-            uncertainty = self._array(d[self.uncertainty_key], pet)
-            outputs["uncertainty"] = str(write_nifti(uncertainty, affine, paths["uncertainty"], template))
         if self.save_dicom and series is not None:
             units = "GML" if d["units"]["output_units"] == "SUVbw" else "BQML"
             files = write_derived_series(
