@@ -22,6 +22,8 @@ def test_unknown_keys_name_the_closest_known_key():
     assert len(messages) == 1 and "--max_epochs?" in messages[0]  # nested ids of the configs are known too
     assert unknown_keys(_argv(["train"], "--eval_split", "test")) != []  # evaluate.json's keys only with it
     assert unknown_keys(_argv(["train", "evaluate"], "--eval_split", "test", "--meta_file", "m.json")) == []
+    (removed,) = unknown_keys(_argv(["inference"], "--save_uncertainty", "true"))
+    assert removed.startswith("option --save_uncertainty removed in 0.4.0") and "No uncertainty map" in removed
 
 
 def test_typo_stops_inference_before_any_work(tmp_path):

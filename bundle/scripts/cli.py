@@ -22,6 +22,12 @@ from pathlib import Path
 ID_SEP = "#"
 #: options of MONAI's ``run`` and ``ConfigWorkflow`` that are not config ids
 MONAI_OPTIONS = ("bundle_root", "workflow_type", "workflow_name", "properties_path", "args_file")
+#: options earlier versions had, and why they are gone
+REMOVED_OPTIONS = {
+    "save_uncertainty": "removed in 0.4.0: the samples' spread did not rank the errors, so no uncertainty map is "
+    "written (docs/README.md, 'No uncertainty map')",
+    "send_uncertainty": "removed in 0.4.0: no uncertainty map is written (docs/README.md, 'No uncertainty map')",
+}
 
 
 def _monai_options() -> set[str]:
@@ -73,6 +79,9 @@ def unknown_keys(argv: Sequence[str]) -> list[str]:
     messages = []
     for key in pairs:
         if key in known:
+            continue
+        if key in REMOVED_OPTIONS:
+            messages.append(f"option --{key} {REMOVED_OPTIONS[key]}")
             continue
         close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
         hint = f"; did you mean --{close[0]}?" if close else ""
