@@ -166,7 +166,9 @@ class PETSliceDataset(Randomizable, torch.utils.data.Dataset):
                 "pet_scale": {drf: dose[PET_SCALE_KEY] for drf, dose in doses.items()},
                 "brain_mask": mask,
             }
-            lesion = _lesion_region(record, loader, lesion_shell_voxels, mask.shape)
+            lesion = np.zeros(mask.shape, dtype=bool)  # read only when lesions are weighted or oversampled
+            if self.lesion_weight > 0 or lesion_oversampling > 1:
+                lesion = _lesion_region(record, loader, lesion_shell_voxels, mask.shape)
             if self.lesion_weight > 0:
                 study["lesion_region"] = torch.from_numpy(lesion.astype(np.float32))
             index = len(self.studies)
