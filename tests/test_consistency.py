@@ -1,9 +1,19 @@
-"""Low-frequency data consistency: regional means come from the measurement, detail from the network."""
+"""Low-frequency data consistency: regional means come from the measurement, detail from the network; the cut-off
+follows the study's measured noise."""
 
 import numpy as np
+import pytest
 import torch
+from monai.transforms import GaussianSmooth
 
-from scripts.consistency import low_frequency_consistency, physical_activity
+from scripts.consistency import (
+    ADAPTIVE_CUTOFF_BOUNDS_MM,
+    adaptive_cutoff_mm,
+    low_frequency_consistency,
+    measured_noise,
+    physical_activity,
+)
+from scripts.constants import FWHM_PER_SIGMA
 
 
 def _phantom(shape=(48, 48, 32), seed=0):
@@ -48,3 +58,49 @@ def test_activity_is_never_negative():
     image = torch.tensor([[-2.0, 0.0, 1.5]])
     assert physical_activity(image).min() >= 0
     assert physical_activity(image)[0, 2] == 1.5
+
+
+def _brain(noise, shape=(40, 40, 32), seed=0, lesion=False):
+    """A 'brain' with uptake 1 in a block and 0.2 around it, and its low-dose image with relative noise ``noise``."""
+    rng = np.random.default_rng(seed)
+    truth = np.full(shape, 0.2, np.float32)
+    truth[8:32, 8:32, 6:26] = 1.0
+    low_dose = truth + rng.normal(0, noise, shape).astype(np.float32) * np.sqrt(truth)
+    if lesion:  # a hot focus the 'network' missed: in the low-dose image only
+        low_dose[18:22, 18:22, 14:18] += 1.0
+    return torch.from_numpy(truth)[None], torch.from_numpy(low_dose)[None]
+
+
+@pytest.mark.parametrize("noise", [0.05, 0.2, 0.5])
+def test_measured_noise_is_the_low_dose_noise_relative_to_the_uptake(noise):
+    enhanced, low_dose = _brain(noise)
+    assert measured_noise(enhanced, low_dose, [2.0, 2.0, 2.0]) == pytest.approx(noise, rel=0.1)
+    # a focus the network missed is not counted as noise
+    enhanced, low_dose = _brain(noise, lesion=True)
+    assert measured_noise(enhanced, low_dose, [2.0, 2.0, 2.0]) == pytest.approx(noise, rel=0.1)
+
+
+def test_measured_noise_of_an_empty_image_is_zero():
+    empty = torch.zeros(1, 8, 8, 8)
+    assert measured_noise(empty, empty + 1, [2.0, 2.0, 2.0]) == 0.0
+
+
+def test_adaptive_cutoff_smooths_white_noise_down_to_the_tolerance():
+    """The white-noise model: at the chosen cut-off, smoothed noise of relative SD ``noise`` has SD ``noise_pct`` %."""
+    noise, noise_pct, voxel = 0.3, 0.6, [2.0, 2.0, 2.0]
+    fwhm_mm = adaptive_cutoff_mm(noise, voxel, noise_pct)
+    low, high = ADAPTIVE_CUTOFF_BOUNDS_MM
+    assert low < fwhm_mm < high
+    field = torch.from_numpy(np.random.default_rng(1).normal(0, noise, (1, 96, 96, 96)).astype(np.float32))
+    smoothed = GaussianSmooth(sigma=fwhm_mm / voxel[0] / FWHM_PER_SIGMA)(field)[0, 20:-20, 20:-20, 20:-20]
+    assert 100 * float(smoothed.std()) == pytest.approx(noise_pct, rel=0.15)
+
+
+def test_adaptive_cutoff_widens_with_noise_and_voxel_size_within_bounds():
+    f = adaptive_cutoff_mm(0.2, [2.0, 2.0, 2.0], 0.6)
+    assert adaptive_cutoff_mm(0.4, [2.0, 2.0, 2.0], 0.6) == pytest.approx(f * 2 ** (2 / 3))
+    assert adaptive_cutoff_mm(0.2, [4.0, 4.0, 4.0], 0.6) == pytest.approx(2 * f)
+    assert adaptive_cutoff_mm(0.0, [2.0, 2.0, 2.0], 0.6) == ADAPTIVE_CUTOFF_BOUNDS_MM[0]
+    assert adaptive_cutoff_mm(50.0, [2.0, 2.0, 2.0], 0.6) == ADAPTIVE_CUTOFF_BOUNDS_MM[1]
+    with pytest.raises(ValueError, match="noise_pct"):
+        adaptive_cutoff_mm(0.2, [2.0, 2.0, 2.0], 0)

@@ -80,6 +80,8 @@ def test_diffusion_methods_and_baselines(cohort, tmp_path):
         rows = _rows(_evaluate(names, cohort, runs, method, gaussian_fwhm_mm={100: 6.0}, **one_dose))
         assert len(rows) == 4 and all(r["method"] == method for r in rows)
         assert all(int(r["network_calls_per_slice"]) == calls for r in rows)
+        cutoffs = {float(r["consistency_fwhm_mm"]) for r in rows}  # the diffusion methods' automatic cut-off
+        assert all(6 <= c <= 32 for c in cutoffs) if method.startswith("m2diff") else cutoffs == {0.0}
         assert all(math.isfinite(float(r["psnr"])) and math.isfinite(float(r["ssim"])) for r in rows)
 
 

@@ -74,6 +74,9 @@ def test_nifti_study_units_restored_and_grid_kept(tmp_path, weights, capsys):
     assert summary(out)["complete"] and status["s1"]["units"]["output_units"] == "BQML"
     assert status["s1"]["network_calls"] == 4  # 2 steps x 2 batches of <= 8 slices
     assert status["s1"]["network_calls_per_slice"] == 2 and summary(out)["settings"]["num_inference_steps"] == 2
+    # the automatic data-consistency cut-off is recorded per study and does not depend on the activity's scale
+    assert 6 <= status["s1"]["consistency_fwhm_mm"] <= 32
+    assert status["s10"]["consistency_fwhm_mm"] == pytest.approx(status["s1"]["consistency_fwhm_mm"], rel=1e-3)
 
 
 def test_mri_on_another_grid_is_resampled(tmp_path, weights):

@@ -1,4 +1,4 @@
-"""M2DiffNet: shapes, MRI-free path, per-sample MRI dropout, fusion variants, paper-scale size."""
+"""M2DiffNet: shapes, MRI-free path, per-sample MRI dropout, fusion variants, paper-scale size, baselines' size."""
 
 import pytest
 import torch
@@ -77,3 +77,21 @@ def test_paper_scale_parameter_count():
         net = M2DiffNet()
     count = sum(p.numel() for p in net.parameters())
     assert abs(count - 202.7e6) / 202.7e6 < 0.01, count
+
+
+@pytest.mark.parametrize("baseline", ["unet_regression", "single_branch_diffusion"])
+def test_trainable_baselines_are_within_ten_percent_of_m2diffs_parameters(baseline):
+    """The comparison is fair in size: each trainable baseline's network has M2Diff's parameter count +-10 %."""
+    from monai.bundle import ConfigParser
+    from workflow_testing import BUNDLE_ROOT, config_files
+
+    def count(*names: str) -> int:
+        parser = ConfigParser()
+        parser.read_config(config_files(*names))
+        parser["bundle_root"] = BUNDLE_ROOT
+        with torch.device("meta"):
+            network = parser.get_parsed_content("network_def")
+        return sum(p.numel() for p in network.parameters())
+
+    m2diff, other = count("train"), count("train", f"baselines/{baseline}")
+    assert abs(other - m2diff) / m2diff <= 0.10, (other, m2diff)

@@ -209,3 +209,19 @@ def test_normalisation_is_inverted_exactly():
     torch.testing.assert_close(restored["pet"].as_tensor(), pet.as_tensor())
     torch.testing.assert_close(restored["mri"].as_tensor(), mri.as_tensor())
     assert "mri" not in normalise({"pet": pet}) and not pet.applied_operations  # MRI optional; input untouched
+
+
+def test_automatic_data_consistency_widens_the_cut_off_for_a_noisier_study():
+    """``consistency_fwhm_mm='auto'``: each study gets the cut-off of its own measured noise, recorded per study."""
+    net = LinearNet()
+    clean = torch.ones(1, 2, 24, 24, 16)
+    noisy = clean.clone()
+    noisy[:, :1] += 0.4 * torch.randn((1, 1, 24, 24, 16), generator=torch.Generator().manual_seed(0))
+    sampler = DDIMVolumeSampler(1, progress=False, consistency_fwhm_mm="auto")
+    sampler(torch.cat([clean + 0.02 * (noisy - clean), noisy]), net, voxel_size_mm=[2.0, 2.0, 2.0])
+    quiet, loud = sampler.consistency_cutoffs_mm
+    assert quiet < loud
+    fixed = DDIMVolumeSampler(1, progress=False, consistency_fwhm_mm=loud)
+    torch.testing.assert_close(sampler(noisy, net, voxel_size_mm=[2.0] * 3), fixed(noisy, net, voxel_size_mm=[2.0] * 3))
+    with pytest.raises(ValueError, match="'auto'"):
+        DDIMVolumeSampler(1, consistency_fwhm_mm="wide")

@@ -158,6 +158,7 @@ class StudyEnhancer(SupervisedEvaluator):
             record.update(outputs=output.get("outputs") or {}, notes=output.get("notes") or [], status="ok")
             record.update(units=batchdata.get("units"), network_calls=int(getattr(engine.inferer, "network_calls", 0)))
             record["network_calls_per_slice"] = getattr(engine.inferer, "network_calls_per_slice", None)
+            record["consistency_fwhm_mm"] = (getattr(engine.inferer, "consistency_cutoffs_mm", None) or [None])[0]
         except _LoadError as exc:
             record["message"] = str(exc)
         except Exception as exc:  # a failed study is recorded; the run goes on
@@ -193,7 +194,7 @@ class StudySummaryHandler:
     """
 
     FIELDS = ("id", "status", "message", "outputs", "notes", "seconds", "network_calls")
-    FIELDS += ("network_calls_per_slice", "mri_free", "drf", "method", "units")
+    FIELDS += ("network_calls_per_slice", "consistency_fwhm_mm", "mri_free", "drf", "method", "units")
 
     def __init__(self, output_dir: str, settings: dict | None = None, raise_on_failure: bool = True) -> None:
         self.output_dir = output_dir

@@ -107,6 +107,10 @@ def _summary_order(item: tuple) -> tuple:
     return reference, not level.isdigit(), int(level) if level.isdigit() else 0, group
 
 
+#: per-study facts of the run summarised beside the metrics
+RUN_FIELDS = ("seconds", "network_calls_per_slice", "network_calls_per_volume", "consistency_fwhm_mm")
+
+
 def summarise(rows: list[dict]) -> dict:
     """Mean and standard deviation of each metric per (reference, dose level, group) and per (reference, dose)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -117,8 +121,8 @@ def summarise(rows: list[dict]) -> dict:
     summary: dict = {}
     for (reference, level, group), members in sorted(groups.items(), key=_summary_order):
         entry = {"n": len(members)}
-        for name in METRIC_NAMES + ("seconds", "network_calls_per_slice", "network_calls_per_volume"):
-            values = np.array([m[name] for m in members], dtype=float)
+        for name in METRIC_NAMES + RUN_FIELDS:
+            values = np.array([m.get(name, np.nan) for m in members], dtype=float)
             values = values[np.isfinite(values)]
             entry[name] = {"mean": float(values.mean()), "std": float(values.std())} if values.size else None
         summary.setdefault(reference, {}).setdefault(f"drf{level}", {})[group] = entry
@@ -202,7 +206,9 @@ class StudyEvaluationHandler:
         batch, output = engine.state.batch, engine.state.output
         batch, output = (batch, output) if isinstance(batch, list) else ([batch], [output])
         calls = int(getattr(engine.inferer, "network_calls_per_slice", 0))
-        for item, out in zip(batch, output):
+        cutoffs = list(getattr(engine.inferer, "consistency_cutoffs_mm", []))
+        cutoffs += [0.0] * (len(batch) - len(cutoffs))  # methods without data consistency
+        for item, out, cutoff in zip(batch, output, cutoffs):
             scale = float(item["pet_scale"])
             pred = _array(out["pred"]) * scale
             study = {k: _array(item[k])[0] for k in ("pet_sd", "pet_sd_noisefree", "brain_mask") if k in item}
@@ -221,6 +227,7 @@ class StudyEvaluationHandler:
                 "seconds": seconds / len(batch),
                 "network_calls_per_slice": calls,
                 "network_calls_per_volume": calls * pred.shape[-1],
+                "consistency_fwhm_mm": cutoff,
                 **{flag: _flag(item.get(flag)) for flag in SUBSETS},
             }
             for row in score_study(pred[0], study, self.per_slice_threshold):

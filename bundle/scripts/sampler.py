@@ -14,6 +14,7 @@ noise drawn per volume.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,7 +24,9 @@ from monai.networks.schedulers import DDPMScheduler
 from torch import nn
 from tqdm import tqdm
 
-from scripts.consistency import low_frequency_consistency, physical_activity
+from scripts.consistency import adaptive_cutoff_mm, low_frequency_consistency, measured_noise, physical_activity
+
+logger = logging.getLogger(__name__)
 
 NUM_TRAIN_TIMESTEPS = 1000
 
@@ -87,7 +90,11 @@ class DDIMVolumeSampler(Inferer):
         progress: show a progress bar.
         use_mri: ``False`` ignores an MRI channel and runs the network's MRI-free path.
         consistency_fwhm_mm: FWHM (mm) of the low-frequency data consistency with the low-dose image
-            (``scripts.consistency``); ``None`` or 0: off. Needs the study's voxel size (``voxel_size_mm`` keyword).
+            (``scripts.consistency``); ``"auto"``: chosen per study from its measured noise (``consistency_noise_pct``);
+            ``None`` or 0: off. Needs the study's voxel size (``voxel_size_mm`` keyword). The cut-off each study of the
+            last call got is in :attr:`consistency_cutoffs_mm`.
+        consistency_noise_pct: with ``"auto"``, the low-dose noise (% of the activity, white-noise model) that the
+            data consistency may bring back.
     """
 
     def __init__(
@@ -100,7 +107,8 @@ class DDIMVolumeSampler(Inferer):
         context_slices: int = 0,
         progress: bool = True,
         use_mri: bool = True,
-        consistency_fwhm_mm: float | None = None,
+        consistency_fwhm_mm: float | str | None = None,
+        consistency_noise_pct: float = 0.6,
     ) -> None:
         super().__init__()
         if num_samples < 1 or slice_batch_size < 1:
@@ -114,7 +122,15 @@ class DDIMVolumeSampler(Inferer):
         self.context_slices = context_slices
         self.progress = progress
         self.use_mri = use_mri
-        self.consistency_fwhm_mm = float(consistency_fwhm_mm or 0.0)
+        if isinstance(consistency_fwhm_mm, str) and consistency_fwhm_mm != "auto":
+            raise ValueError(f"consistency_fwhm_mm must be a number (mm), 'auto' or null, got '{consistency_fwhm_mm}'")
+        self.consistency_fwhm_mm = (
+            consistency_fwhm_mm if consistency_fwhm_mm == "auto" else float(consistency_fwhm_mm or 0)
+        )
+        if consistency_noise_pct <= 0:
+            raise ValueError(f"consistency_noise_pct must be > 0, got {consistency_noise_pct}")
+        self.consistency_noise_pct = float(consistency_noise_pct)
+        self.consistency_cutoffs_mm: list[float] = []
         self.alphas_cumprod = make_noise_scheduler().alphas_cumprod.double()
         self.network_calls = 0
 
@@ -139,6 +155,7 @@ class DDIMVolumeSampler(Inferer):
         if inputs.ndim != 5 or inputs.shape[1] not in (1, 2):
             raise ValueError(f"expected inputs (B, 1 or 2, H, W, D) = [low-dose PET, MRI], got {tuple(inputs.shape)}")
         self.network_calls = 0
+        self.consistency_cutoffs_mm = []
         with_mri = self.use_mri and inputs.shape[1] == 2
         studies = [
             self.sample_study(network, study[None, :1], study[None, 1:2] if with_mri else None, **kwargs)
@@ -156,17 +173,24 @@ class DDIMVolumeSampler(Inferer):
     ) -> torch.Tensor:
         """One study: ``(1, 1, H, W, D)`` normalised PET (and MRI, or ``None``) -> ``(1, 1, H, W, D)`` enhanced PET.
 
-        Each sample takes the low-dose image's low frequencies (when ``consistency_fwhm_mm`` is set); the mean of the
-        samples is clipped at zero activity.
+        The mean of the samples takes the low-dose image's low frequencies (when ``consistency_fwhm_mm`` is set; the
+        consistency is linear, so this is the mean of the corrected samples) and is clipped at zero activity.
         """
-        samples = self._sample(network, pet_low_dose, mri_t1)  # (S, 1, 1, H, W, D)
-        if self.consistency_fwhm_mm > 0:
+        enhanced = self._sample(network, pet_low_dose, mri_t1).mean(dim=0)  # (1, 1, H, W, D)
+        cutoff_mm = 0.0
+        if self.consistency_fwhm_mm:
             if voxel_size_mm is None:
                 raise ValueError("the low-frequency consistency needs the study's voxel size (voxel_size_mm)")
-            fwhm = [self.consistency_fwhm_mm / float(v) for v in voxel_size_mm]
             low_dose = pet_low_dose[0].float().cpu()
-            samples = torch.stack([low_frequency_consistency(s[0], low_dose, fwhm)[None] for s in samples])
-        return physical_activity(samples.mean(dim=0))
+            cutoff_mm = self.consistency_fwhm_mm
+            if cutoff_mm == "auto":
+                noise = measured_noise(enhanced[0], low_dose, voxel_size_mm)
+                cutoff_mm = adaptive_cutoff_mm(noise, voxel_size_mm, self.consistency_noise_pct)
+                logger.info(f"measured low-dose noise {100 * noise:.1f} %: data-consistency cut-off {cutoff_mm:.1f} mm")
+            fwhm = [float(cutoff_mm) / float(v) for v in voxel_size_mm]
+            enhanced = low_frequency_consistency(enhanced[0], low_dose, fwhm)[None]
+        self.consistency_cutoffs_mm.append(float(cutoff_mm))
+        return physical_activity(enhanced)
 
     def _sample(self, network: nn.Module, pet_low_dose: torch.Tensor, mri_t1: torch.Tensor | None) -> torch.Tensor:
         """The ``num_samples`` chains' final x0 estimates, ``(S, 1, 1, H, W, D)``."""
