@@ -16,11 +16,16 @@ import sys
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 BUNDLE_ROOT = os.path.join(REPO, "bundle")
-METHODS = ("low_dose", "gaussian_filter", "unet_regression", "single_branch_diffusion", "m2diff_mri_free", "m2diff")
-OVERRIDES = {
-    "unet_regression": "baselines/unet_regression",
-    "single_branch_diffusion": "baselines/single_branch_diffusion",
-}
+METHODS = (
+    "low_dose",
+    "gaussian_filter",
+    "unet_regression",
+    "single_branch_diffusion",
+    "pet_only_diffusion",
+    "m2diff_mri_free",
+    "m2diff",
+)
+OVERRIDES = {name: f"baselines/{name}" for name in ("unet_regression", "single_branch_diffusion", "pet_only_diffusion")}
 COLUMNS = (
     ("psnr", "PSNR", "{:.2f}"),
     ("ssim", "SSIM", "{:.4f}"),

@@ -70,18 +70,20 @@ def test_diffusion_methods_and_baselines(cohort, tmp_path):
     runs = str(tmp_path)
     _save_random_network(["train"], runs, "m2diff")
     _save_random_network(["train", "baselines/unet_regression"], runs, "unet_regression")
+    _save_random_network(["train", "baselines/pet_only_diffusion"], runs, "pet_only_diffusion")
     one_dose = {"eval_dose_reduction_factors": [100], "save_panels": False}
     for names, method, calls in [
         (["train"], "m2diff", 2),
         (["train"], "m2diff_mri_free", 2),
         (["train", "baselines/unet_regression"], "unet_regression", 1),
+        (["train", "baselines/pet_only_diffusion"], "pet_only_diffusion", 2),
         (["train"], "gaussian_filter", 0),
     ]:
         rows = _rows(_evaluate(names, cohort, runs, method, gaussian_fwhm_mm={100: 6.0}, **one_dose))
         assert len(rows) == 4 and all(r["method"] == method for r in rows)
         assert all(int(r["network_calls_per_slice"]) == calls for r in rows)
         cutoffs = {float(r["consistency_fwhm_mm"]) for r in rows}  # the diffusion methods' automatic cut-off
-        assert all(6 <= c <= 32 for c in cutoffs) if method.startswith("m2diff") else cutoffs == {0.0}
+        assert all(6 <= c <= 32 for c in cutoffs) if calls == 2 else cutoffs == {0.0}
         assert all(math.isfinite(float(r["psnr"])) and math.isfinite(float(r["ssim"])) for r in rows)
 
 

@@ -79,7 +79,7 @@ def test_paper_scale_parameter_count():
     assert abs(count - 202.7e6) / 202.7e6 < 0.01, count
 
 
-@pytest.mark.parametrize("baseline", ["unet_regression", "single_branch_diffusion"])
+@pytest.mark.parametrize("baseline", ["unet_regression", "single_branch_diffusion", "pet_only_diffusion"])
 def test_trainable_baselines_are_within_ten_percent_of_m2diffs_parameters(baseline):
     """The comparison is fair in size: each trainable baseline's network has M2Diff's parameter count +-10 %."""
     from monai.bundle import ConfigParser
@@ -95,3 +95,27 @@ def test_trainable_baselines_are_within_ten_percent_of_m2diffs_parameters(baseli
 
     m2diff, other = count("train"), count("train", f"baselines/{baseline}")
     assert abs(other - m2diff) / m2diff <= 0.10, (other, m2diff)
+
+
+def test_pet_only_baseline_never_sees_the_mri():
+    from scripts.baselines import PetOnlyDiffusionUNet
+
+    torch.manual_seed(0)
+    net = PetOnlyDiffusionUNet(
+        spatial_dims=2,
+        out_channels=1,
+        channels=[8, 8],
+        attention_levels=[False, False],
+        num_res_blocks=1,
+        norm_num_groups=4,
+    ).eval()
+    for parameter in net.parameters():  # MONAI zero-initialises the output convolution
+        torch.nn.init.normal_(parameter, std=0.1)
+    x, t = _inputs()
+    other_mri = torch.cat([x[:, :2], torch.randn_like(x[:, 2:])], dim=1)
+    with torch.no_grad():
+        out = net(x, t)
+        assert out.shape == (2, 1, 16, 16) and net.supports_mri_free
+        torch.testing.assert_close(net(other_mri, t), out)
+        torch.testing.assert_close(net(x, t, mri_free=torch.tensor([True, False])), out)
+        assert not torch.allclose(net(torch.cat([x[:, :1], -x[:, 1:]], dim=1), t), out)  # it does see the PET

@@ -218,7 +218,7 @@ def test_ema_update_is_the_moving_average():
     assert torch.allclose(ema.module.weight, torch.full_like(network.weight, 5.0))
 
 
-@pytest.mark.parametrize("baseline", ["unet_regression", "single_branch_diffusion"])
+@pytest.mark.parametrize("baseline", ["unet_regression", "single_branch_diffusion", "pet_only_diffusion"])
 def test_baseline_training(cohort, tmp_path, baseline):
     workflow = _train(cohort, str(tmp_path), names=("train", f"baselines/{baseline}"))
     assert workflow.parser.get_parsed_content("train#trainer").state.iteration == 2

@@ -2,6 +2,8 @@
 
 - :class:`SingleBranchDiffusionUNet`: MONAI's ``DiffusionModelUNet`` on ``[x_t, LD, MRI]`` stacked as input channels
   ("early fusion", the design M2Diff argues against), predicting x0; it tells the sampler its down-sampling factor.
+- :class:`PetOnlyDiffusionUNet`: the same network on ``[x_t, LD]`` alone (it drops the MRI channels): the PET-only
+  network trained with M2Diff's budget that M2Diff's MRI-free mode is compared with.
 - :func:`search_gaussian_fwhm`: choose the Gaussian post-filter's FWHM per dose level on validation subjects
   (brain-masked PSNR against the standard-dose image), never on test subjects.
 
@@ -36,6 +38,27 @@ class SingleBranchDiffusionUNet(DiffusionModelUNet):
     @property
     def downsample_factor(self) -> int:
         return 2 ** (len(self.block_out_channels) - 1)
+
+
+class PetOnlyDiffusionUNet(SingleBranchDiffusionUNet):
+    """The single-branch baseline without the MRI: it sees ``[x_t, LD]`` and drops the input's MRI channels.
+
+    Input ``(B, 1 + 2 (1 + 2c), H, W)`` = ``[x_t, LD, MRI]`` as for every network of the bundle (the MRI channels may
+    be zeros), output ``(B, 1, H, W)``: the x0 estimate. Every call is MRI-free, so the sampler runs it as one.
+
+    Args:
+        context_slices: neighbouring slices each side (2.5D), as in ``train.json``.
+        kwargs: ``DiffusionModelUNet``'s arguments except ``in_channels`` (``1 + (1 + 2c)``).
+    """
+
+    supports_mri_free = True
+
+    def __init__(self, context_slices: int = 0, **kwargs) -> None:
+        super().__init__(in_channels=2 + 2 * context_slices, **kwargs)
+        self.pet_channels = 2 + 2 * context_slices
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, mri_free: object = None, **kwargs) -> torch.Tensor:
+        return super().forward(x[:, : self.pet_channels], timesteps, **kwargs)
 
 
 def search_gaussian_fwhm(
