@@ -223,5 +223,6 @@ def test_automatic_data_consistency_widens_the_cut_off_for_a_noisier_study():
     assert quiet < loud
     fixed = DDIMVolumeSampler(1, progress=False, consistency_fwhm_mm=loud)
     torch.testing.assert_close(sampler(noisy, net, voxel_size_mm=[2.0] * 3), fixed(noisy, net, voxel_size_mm=[2.0] * 3))
-    with pytest.raises(ValueError, match="'auto'"):
-        DDIMVolumeSampler(1, consistency_fwhm_mm="wide")
+    for wrong in ("wide", -8):
+        with pytest.raises(ValueError, match="'auto'"):
+            DDIMVolumeSampler(1, consistency_fwhm_mm=wrong)

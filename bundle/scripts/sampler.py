@@ -122,8 +122,10 @@ class DDIMVolumeSampler(Inferer):
         self.context_slices = context_slices
         self.progress = progress
         self.use_mri = use_mri
-        if isinstance(consistency_fwhm_mm, str) and consistency_fwhm_mm != "auto":
-            raise ValueError(f"consistency_fwhm_mm must be a number (mm), 'auto' or null, got '{consistency_fwhm_mm}'")
+        if consistency_fwhm_mm != "auto" and (isinstance(consistency_fwhm_mm, str) or (consistency_fwhm_mm or 0) < 0):
+            raise ValueError(
+                f"consistency_fwhm_mm must be a number >= 0 (mm), 'auto' or null, got {consistency_fwhm_mm!r}"
+            )
         self.consistency_fwhm_mm = (
             consistency_fwhm_mm if consistency_fwhm_mm == "auto" else float(consistency_fwhm_mm or 0)
         )
