@@ -8,9 +8,10 @@ below it (``enhanced + G * (low_dose - enhanced)``, with ``G`` a Gaussian low-pa
 larger than the cut-off are the low-dose image's, whatever the network did. Activity is then clipped at zero.
 
 The right cut-off depends on how noisy the study is: the low-dose noise that comes back with the low frequencies
-falls as the cut-off widens. :func:`adaptive_cutoff_mm` measures the study's relative noise (:func:`measured_noise`)
-and widens the cut-off until that noise, smoothed by the Gaussian, is ``noise_pct`` % of the activity (white-noise
-model: a 3D Gaussian of FWHM ``F`` divides the voxel noise by ``(F / (0.664 v)) ** 1.5`` for voxels of size ``v``).
+falls as the cut-off widens. :func:`measured_noise` measures the study's relative noise and
+:func:`adaptive_cutoff_mm` widens the cut-off until that noise, smoothed by the Gaussian, is ``noise_pct`` % of the
+activity (white-noise model: a 3D Gaussian of FWHM ``F`` divides the voxel noise by ``(F / (0.664 v)) ** 1.5`` for
+voxels of size ``v``).
 """
 
 from __future__ import annotations
@@ -49,8 +50,7 @@ def low_frequency_consistency(
         raise ValueError(f"enhanced {tuple(enhanced.shape)} and low-dose {tuple(low_dose.shape)} shapes differ")
     if not fwhm_voxels or not any(f > 0 for f in fwhm_voxels):
         return enhanced
-    low_pass = GaussianSmooth(sigma=[float(f) / FWHM_PER_SIGMA for f in fwhm_voxels])
-    return enhanced + torch.as_tensor(low_pass(low_dose - enhanced))
+    return enhanced + _gaussian(low_dose - enhanced, fwhm_voxels)
 
 
 def physical_activity(image: torch.Tensor) -> torch.Tensor:
@@ -59,6 +59,7 @@ def physical_activity(image: torch.Tensor) -> torch.Tensor:
 
 
 def _gaussian(image: torch.Tensor, fwhm_voxels: Sequence[float]) -> torch.Tensor:
+    """MONAI's Gaussian smoothing of a ``(C, H, W, D)`` image, FWHM per axis in voxels."""
     return torch.as_tensor(GaussianSmooth(sigma=[float(f) / FWHM_PER_SIGMA for f in fwhm_voxels])(image))
 
 
