@@ -3,7 +3,8 @@
 Enhances each validation study once with the bundle's inference workflow and the data consistency off
 (``configs/inference.json``, ``--consistency_fwhm_mm 0``), then applies each variant with the bundle's own functions
 (``scripts.consistency``, as the sampler does) and scores it with evaluate.json's scorer against the noise-free
-standard dose: brain-masked PSNR, meta-ROI/pons SUVR error, the worst lesion's contrast error, and the cut-off used.
+standard dose (``--reference sd``: the standard-dose scan, for real data in the cohort format of docs/simulator.md):
+brain-masked PSNR, meta-ROI/pons SUVR error, the worst lesion's contrast error, and the cut-off used.
 Choose ``consistency_noise_pct`` here, on validation subjects, never on the test split (docs/README.md, "Cut-off
 from the study's measured noise"); a fine-tuned model or another scanner may want another value.
 
@@ -22,7 +23,7 @@ import torch
 from bench_uncertainty import BUNDLE, enhance  # puts the bundle's scripts package on the path
 
 from scripts.consistency import adaptive_cutoff_mm, low_frequency_consistency, measured_noise
-from scripts.evaluation import score_study
+from scripts.evaluation import REFERENCES, score_study
 from scripts.training import load_cohort
 
 
@@ -45,12 +46,16 @@ def main() -> None:
     parser.add_argument("--dose_levels", nargs="+", default=["20", "100", "random"])
     parser.add_argument("--fixed_mm", type=float, nargs="+", default=[8, 12, 16, 24])
     parser.add_argument("--noise_pcts", type=float, nargs="+", default=[0.43, 0.6, 0.74, 0.89, 1.17])
+    parser.add_argument(
+        "--reference", choices=sorted(REFERENCES), default="sd_noisefree", help="sd: the standard-dose scan (real data)"
+    )
     args = parser.parse_args()
     levels = [int(x) if x.isdigit() else x for x in args.dose_levels]
     records = load_cohort(os.path.join(args.dataset_dir, "datalist.json"), "validation", levels, True)
     studies = [{"id": f"{r['id']}_{r['dose_level']}", "pet": r["pet_low_dose"], "mri": r["t1"]} for r in records]
     variants = [f"{mm:g} mm" for mm in args.fixed_mm] + [f"auto {pct:g} %" for pct in args.noise_pcts]
-    print(f"{len(studies)} validation studies ({', '.join(args.dose_levels)}), weights {args.model_file}")
+    print(f"{len(studies)} validation studies ({', '.join(args.dose_levels)}), weights {args.model_file}, ", end="")
+    print(f"reference {args.reference}")
     scores: dict = {}
     with tempfile.TemporaryDirectory() as output_dir:
         enhance(studies, output_dir, 0, {"consistency_fwhm_mm": 0, "ckpt_path": args.model_file})
@@ -59,7 +64,8 @@ def main() -> None:
             image = nib.load(os.path.join(output_dir, "seed0", study["id"], f"{study['id']}_enhanced.nii.gz"))
             voxel_mm = [float(v) for v in image.header.get_zooms()[:3]]
             labels = nib.load(record["labels"])
-            reference = {"pet_sd_noisefree": load(record["pet_sd_noisefree"]), "brain_mask": load(record["brain_mask"])}
+            key = REFERENCES[args.reference]
+            reference = {key: load(record[key]), "brain_mask": load(record["brain_mask"])}
             reference.update(labels=np.asarray(labels.dataobj).astype(np.int32), affine=labels.affine)
             if record.get("lesion_mask"):
                 reference["lesion_mask"] = np.asarray(nib.load(record["lesion_mask"]).dataobj).astype(np.int32)
