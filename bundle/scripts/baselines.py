@@ -44,7 +44,7 @@ class PetOnlyDiffusionUNet(SingleBranchDiffusionUNet):
     """The single-branch baseline without the MRI: it sees ``[x_t, LD]`` and drops the input's MRI channels.
 
     Input ``(B, 1 + 2 (1 + 2c), H, W)`` = ``[x_t, LD, MRI]`` as for every network of the bundle (the MRI channels may
-    be zeros), output ``(B, 1, H, W)``: the x0 estimate. Every call is MRI-free, so the sampler runs it as one.
+    be zeros), output ``(B, 1, H, W)``: the x0 estimate. It ignores the MRI whatever it is given (``mri_free`` too).
 
     Args:
         context_slices: neighbouring slices each side (2.5D), as in ``train.json``.
