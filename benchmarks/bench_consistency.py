@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from bench_uncertainty import BUNDLE, enhance  # puts the bundle's scripts package on the path
 
-from scripts.consistency import adaptive_cutoff_mm, low_frequency_consistency, measured_noise
+from scripts.consistency import consistent_with_measurement
 from scripts.evaluation import REFERENCES, score_study
 from scripts.training import load_cohort
 
@@ -30,12 +30,9 @@ from scripts.training import load_cohort
 def with_consistency(enhanced: np.ndarray, low_dose: np.ndarray, voxel_mm: list[float], variant: str) -> tuple:
     """``(corrected image clipped at zero, cut-off in mm)`` for a variant ``"<mm> mm"`` or ``"auto <pct> %"``."""
     enhanced_t, low_dose_t = (torch.from_numpy(a.astype(np.float32))[None] for a in (enhanced, low_dose))
-    if variant.startswith("auto"):
-        noise = measured_noise(enhanced_t, low_dose_t, voxel_mm)
-        cutoff = adaptive_cutoff_mm(noise, voxel_mm, float(variant.split()[1]))
-    else:
-        cutoff = float(variant.split()[0])
-    corrected = low_frequency_consistency(enhanced_t, low_dose_t, [cutoff / v for v in voxel_mm])
+    fwhm = "auto" if variant.startswith("auto") else float(variant.split()[0])
+    pct = float(variant.split()[1]) if variant.startswith("auto") else 1.0
+    corrected, cutoff = consistent_with_measurement(enhanced_t, low_dose_t, voxel_mm, fwhm, pct)
     return np.clip(corrected[0].numpy().astype(np.float64), 0, None), cutoff
 
 

@@ -16,6 +16,7 @@ voxels of size ``v``).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
@@ -24,6 +25,8 @@ import torch
 from monai.transforms import GaussianSmooth
 
 from scripts.constants import FWHM_PER_SIGMA
+
+logger = logging.getLogger(__name__)
 
 #: the adaptive cut-off stays within these FWHMs (mm): the scanners' PSF below, a lobe's size above
 ADAPTIVE_CUTOFF_BOUNDS_MM = (6.0, 32.0)
@@ -51,6 +54,25 @@ def low_frequency_consistency(
     if not fwhm_voxels or not any(f > 0 for f in fwhm_voxels):
         return enhanced
     return enhanced + _gaussian(low_dose - enhanced, fwhm_voxels)
+
+
+def consistent_with_measurement(
+    enhanced: torch.Tensor,
+    low_dose: torch.Tensor,
+    voxel_size_mm: Sequence[float],
+    fwhm_mm: float | str,
+    noise_pct: float,
+) -> tuple[torch.Tensor, float]:
+    """``(C, H, W, D)`` enhanced image with the low-dose image's low frequencies, and the cut-off used (mm).
+
+    ``fwhm_mm``: a cut-off in mm, or ``"auto"``: :func:`adaptive_cutoff_mm` of the study's :func:`measured_noise`.
+    """
+    if fwhm_mm == "auto":
+        noise = measured_noise(enhanced, low_dose, voxel_size_mm)
+        fwhm_mm = adaptive_cutoff_mm(noise, voxel_size_mm, noise_pct)
+        logger.info(f"measured low-dose noise {100 * noise:.1f} %: data-consistency cut-off {fwhm_mm:.1f} mm")
+    fwhm_mm = float(fwhm_mm)
+    return low_frequency_consistency(enhanced, low_dose, [fwhm_mm / float(v) for v in voxel_size_mm]), fwhm_mm
 
 
 def physical_activity(image: torch.Tensor) -> torch.Tensor:

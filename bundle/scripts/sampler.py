@@ -14,7 +14,6 @@ noise drawn per volume.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,9 +23,7 @@ from monai.networks.schedulers import DDPMScheduler
 from torch import nn
 from tqdm import tqdm
 
-from scripts.consistency import adaptive_cutoff_mm, low_frequency_consistency, measured_noise, physical_activity
-
-logger = logging.getLogger(__name__)
+from scripts.consistency import consistent_with_measurement, physical_activity
 
 NUM_TRAIN_TIMESTEPS = 1000
 
@@ -184,13 +181,10 @@ class DDIMVolumeSampler(Inferer):
             if voxel_size_mm is None:
                 raise ValueError("the low-frequency consistency needs the study's voxel size (voxel_size_mm)")
             low_dose = pet_low_dose[0].float().cpu()
-            cutoff_mm = self.consistency_fwhm_mm
-            if cutoff_mm == "auto":
-                noise = measured_noise(enhanced[0], low_dose, voxel_size_mm)
-                cutoff_mm = adaptive_cutoff_mm(noise, voxel_size_mm, self.consistency_noise_pct)
-                logger.info(f"measured low-dose noise {100 * noise:.1f} %: data-consistency cut-off {cutoff_mm:.1f} mm")
-            fwhm = [float(cutoff_mm) / float(v) for v in voxel_size_mm]
-            enhanced = low_frequency_consistency(enhanced[0], low_dose, fwhm)[None]
+            corrected, cutoff_mm = consistent_with_measurement(
+                enhanced[0], low_dose, voxel_size_mm, self.consistency_fwhm_mm, self.consistency_noise_pct
+            )
+            enhanced = corrected[None]
         self.consistency_cutoffs_mm.append(float(cutoff_mm))
         return physical_activity(enhanced)
 
