@@ -34,8 +34,9 @@ def test_rejects_sizes_the_unet_cannot_halve():
         net(torch.randn(1, 3, 15, 16), torch.tensor([3]))
 
 
-def test_mri_free_pet_output_ignores_the_mri():
-    net = tiny_network(std=0.2)
+@pytest.mark.parametrize("early_fusion", [False, True])
+def test_mri_free_pet_output_ignores_the_mri(early_fusion):
+    net = tiny_network(std=0.2, early_fusion=early_fusion)
     x, t = _inputs()
     other = x.clone()
     other[:, 2:] = torch.randn_like(other[:, 2:]) * 5
@@ -46,8 +47,9 @@ def test_mri_free_pet_output_ignores_the_mri():
     assert not torch.allclose(guided_a[:, 0], guided_b[:, 0])  # with MRI, the MRI matters
 
 
-def test_per_sample_mri_dropout_matches_the_mri_free_path():
-    net = tiny_network(std=0.2)
+@pytest.mark.parametrize("early_fusion", [False, True])
+def test_per_sample_mri_dropout_matches_the_mri_free_path(early_fusion):
+    net = tiny_network(std=0.2, early_fusion=early_fusion)
     x, t = _inputs()
     with torch.no_grad():
         mixed = net(x, t, mri_free=torch.tensor([True, False]))
@@ -55,20 +57,34 @@ def test_per_sample_mri_dropout_matches_the_mri_free_path():
         guided = net(x, t)
     torch.testing.assert_close(mixed[0, 0], free[0, 0])
     torch.testing.assert_close(mixed[1], guided[1])
-    torch.testing.assert_close(mixed[0, 1], guided[0, 1])  # the MRI head always sees the MRI
+    if not early_fusion:  # the MRI head always sees the MRI (with early fusion, via PET skips made without it)
+        torch.testing.assert_close(mixed[0, 1], guided[0, 1])
+
+
+def _encoder_features_with_one_channel_changed(net, encoder_name, channel):
+    """The named encoder's output for the inputs and for a copy whose ``channel`` is redrawn."""
+    x, t = _inputs()
+    other = x.clone()
+    other[:, channel] = torch.randn_like(other[:, channel])
+    seen = []
+    getattr(net, encoder_name).register_forward_hook(lambda module, args, out: seen.append(out[0]))
+    with torch.no_grad():
+        net(x, t), net(other, t)
+    return seen
 
 
 def test_mri_branch_never_sees_the_low_dose_pet():
     """The MRI encoder takes [MRI, x_t]: changing only the LD PET leaves its features unchanged."""
-    net = tiny_network(std=0.2)
-    x, t = _inputs()
-    other = x.clone()
-    other[:, 1] = torch.randn_like(other[:, 1])
-    seen = []
-    net.mri_encoder.register_forward_hook(lambda module, args, out: seen.append(out[0]))
-    with torch.no_grad():
-        net(x, t), net(other, t)
+    seen = _encoder_features_with_one_channel_changed(tiny_network(std=0.2), "mri_encoder", channel=1)
     torch.testing.assert_close(seen[0], seen[1])
+
+
+@pytest.mark.parametrize("early_fusion", [False, True])
+def test_only_early_fusion_gives_the_pet_branch_the_mri(early_fusion):
+    """Changing only the MRI changes the PET encoder's features with ``early_fusion`` and leaves them alone without."""
+    net = tiny_network(std=0.2, early_fusion=early_fusion)
+    seen = _encoder_features_with_one_channel_changed(net, "pet_encoder", channel=2)
+    assert torch.allclose(seen[0], seen[1]) != early_fusion
 
 
 def test_paper_scale_parameter_count():

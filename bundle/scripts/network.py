@@ -85,7 +85,8 @@ class Decoder(nn.Module):
 class M2DiffNet(nn.Module):
     """Two-branch diffusion network of M2Diff (multi-modality, multi-task) for MRI-guided low-dose PET enhancement.
 
-    The PET branch sees ``[x_t, pet_low_dose]``, the MRI branch ``[mri_t1, x_t]`` (it never sees the low-dose PET).
+    The PET branch sees ``[x_t, pet_low_dose]`` (with ``early_fusion``, ``[x_t, pet_low_dose, mri_t1]``), the MRI
+    branch ``[mri_t1, x_t]`` (it never sees the low-dose PET).
     Both encoders share one timestep embedding. The decoders run in lockstep and fuse both branches' skips at every
     block. Both heads predict the clean standard-dose image x0.
 
@@ -100,6 +101,8 @@ class M2DiffNet(nn.Module):
         dropout: dropout in residual blocks.
         norm_num_groups: GroupNorm groups.
         fusion: "concat" (the paper's) or "gated".
+        early_fusion: also give the MRI to the PET branch as input channels (zeros on the MRI-free path), as the
+            single-branch baseline does; ``False`` is the paper's design.
 
     Input ``x``: ``(B, 1 + 2 * (1 + 2 * context_slices), H, W)`` = ``[x_t, pet_low_dose..., mri_t1...]``.
     Output: ``(B, 2, H, W)``: channel 0 the PET head, channel 1 the MRI head.
@@ -119,6 +122,7 @@ class M2DiffNet(nn.Module):
         dropout: float = 0.2,
         norm_num_groups: int = 32,
         fusion: str = "concat",
+        early_fusion: bool = False,
     ) -> None:
         super().__init__()
         if spatial_dims != 2:
@@ -128,6 +132,7 @@ class M2DiffNet(nn.Module):
         self.context_slices = context_slices
         self.image_channels = 1 + 2 * context_slices
         self.base_channels = base_channels
+        self.early_fusion = early_fusion
         self.downsample_factor = 2 ** (len(channel_mult) - 1)
         widths = [base_channels * m for m in channel_mult]
         temb = 4 * base_channels
@@ -136,8 +141,9 @@ class M2DiffNet(nn.Module):
         common = dict(
             num_res_blocks=num_res_blocks, temb=temb, heads=num_heads, dropout=dropout, groups=norm_num_groups
         )
+        pet_in_channels = 1 + self.image_channels * (2 if early_fusion else 1)
         self.pet_encoder = Encoder(
-            spatial_dims, 1 + self.image_channels, widths, attention=attention_levels, mid=True, **common
+            spatial_dims, pet_in_channels, widths, attention=attention_levels, mid=True, **common
         )
         self.mri_encoder = Encoder(
             spatial_dims, 1 + self.image_channels, widths, attention=no_attention, mid=False, **common
@@ -158,7 +164,8 @@ class M2DiffNet(nn.Module):
             timesteps: ``(B,)`` or scalar diffusion timesteps.
             mri_free: ``True`` runs the MRI-free path for the whole batch (the MRI branch is skipped and both output
                 channels hold the PET head); a ``(B,)`` bool tensor replaces the MRI skips by the PET skips in the PET
-                decoder for the marked samples (MRI dropout during training); ``None``/``False`` uses the MRI.
+                decoder (and, with ``early_fusion``, zeros their MRI in the PET branch's input) for the marked samples
+                (MRI dropout during training); ``None``/``False`` uses the MRI.
 
         Returns:
             ``(B, 2, H, W)``: PET head, MRI head.
@@ -174,7 +181,7 @@ class M2DiffNet(nn.Module):
         pet_low_dose = x[:, 1 : 1 + self.image_channels]
         mri_t1 = x[:, 1 + self.image_channels :]
 
-        h_pet, skips_pet = self.pet_encoder(torch.cat([x_t, pet_low_dose], dim=1), emb)
+        h_pet, skips_pet = self.pet_encoder(self._pet_branch_input(x_t, pet_low_dose, mri_t1, mri_free), emb)
         if mri_free is True:
             pet_head = self.pet_decoder(h_pet, emb, skips_pet, skips_pet)
             return torch.cat([pet_head, pet_head], dim=1)
@@ -187,3 +194,14 @@ class M2DiffNet(nn.Module):
         pet_head = self.pet_decoder(h_pet, emb, skips_pet, skips_for_pet)
         mri_head = self.mri_decoder(h_mri, emb, skips_mri, skips_pet)
         return torch.cat([pet_head, mri_head], dim=1)
+
+    def _pet_branch_input(self, x_t, pet_low_dose, mri_t1, mri_free) -> torch.Tensor:
+        """``[x_t, pet_low_dose]``; with ``early_fusion`` also the MRI, zeroed where ``mri_free`` marks a sample."""
+        if not self.early_fusion:
+            return torch.cat([x_t, pet_low_dose], dim=1)
+        if mri_free is True:
+            mri_t1 = torch.zeros_like(mri_t1)
+        elif isinstance(mri_free, torch.Tensor) and mri_free.any():
+            keep = ~mri_free.to(device=mri_t1.device, dtype=torch.bool).reshape(-1, 1, 1, 1)
+            mri_t1 = mri_t1 * keep
+        return torch.cat([x_t, pet_low_dose, mri_t1], dim=1)
