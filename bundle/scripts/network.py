@@ -181,27 +181,29 @@ class M2DiffNet(nn.Module):
         pet_low_dose = x[:, 1 : 1 + self.image_channels]
         mri_t1 = x[:, 1 + self.image_channels :]
 
-        h_pet, skips_pet = self.pet_encoder(self._pet_branch_input(x_t, pet_low_dose, mri_t1, mri_free), emb)
+        drop = None  # (B, 1, 1, 1) samples marked MRI-free, or None
+        if mri_free is True:
+            drop = torch.ones(x.shape[0], 1, 1, 1, dtype=torch.bool, device=x.device)
+        elif isinstance(mri_free, torch.Tensor) and mri_free.any():
+            drop = mri_free.to(device=x.device, dtype=torch.bool).reshape(-1, 1, 1, 1)
+
+        h_pet, skips_pet = self.pet_encoder(self._pet_branch_input(x_t, pet_low_dose, mri_t1, drop), emb)
         if mri_free is True:
             pet_head = self.pet_decoder(h_pet, emb, skips_pet, skips_pet)
             return torch.cat([pet_head, pet_head], dim=1)
 
         h_mri, skips_mri = self.mri_encoder(torch.cat([mri_t1, x_t], dim=1), emb)
         skips_for_pet = skips_mri
-        if isinstance(mri_free, torch.Tensor) and mri_free.any():
-            drop = mri_free.to(device=x.device, dtype=torch.bool).reshape(-1, 1, 1, 1)
+        if drop is not None:
             skips_for_pet = [torch.where(drop, sp, sm) for sp, sm in zip(skips_pet, skips_mri)]
         pet_head = self.pet_decoder(h_pet, emb, skips_pet, skips_for_pet)
         mri_head = self.mri_decoder(h_mri, emb, skips_mri, skips_pet)
         return torch.cat([pet_head, mri_head], dim=1)
 
-    def _pet_branch_input(self, x_t, pet_low_dose, mri_t1, mri_free) -> torch.Tensor:
-        """``[x_t, pet_low_dose]``; with ``early_fusion`` also the MRI, zeroed where ``mri_free`` marks a sample."""
+    def _pet_branch_input(self, x_t, pet_low_dose, mri_t1, drop) -> torch.Tensor:
+        """``[x_t, pet_low_dose]``; with ``early_fusion`` also the MRI, zeroed for the samples ``drop`` marks."""
         if not self.early_fusion:
             return torch.cat([x_t, pet_low_dose], dim=1)
-        if mri_free is True:
-            mri_t1 = torch.zeros_like(mri_t1)
-        elif isinstance(mri_free, torch.Tensor) and mri_free.any():
-            keep = ~mri_free.to(device=mri_t1.device, dtype=torch.bool).reshape(-1, 1, 1, 1)
-            mri_t1 = mri_t1 * keep
+        if drop is not None:
+            mri_t1 = torch.where(drop, torch.zeros_like(mri_t1), mri_t1)
         return torch.cat([x_t, pet_low_dose, mri_t1], dim=1)
