@@ -8,12 +8,14 @@ brain-masked PSNR, meta-ROI/pons SUVR error, the worst lesion's contrast error, 
 Choose ``consistency_noise_pct`` here, on validation subjects, never on the test split (docs/README.md, "Cut-off
 from the study's measured noise"); a fine-tuned model or another scanner may want another value.
 
-    python benchmarks/bench_consistency.py --dataset_dir data/sim [--model_file bundle/models/model.pt]
+    python benchmarks/bench_consistency.py --dataset_dir data/sim [--model_file bundle/models/model.pt] \
+        [--override --network_def#context_slices 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 
@@ -36,6 +38,14 @@ def with_consistency(enhanced: np.ndarray, low_dose: np.ndarray, voxel_mm: list[
     return np.clip(corrected[0].numpy().astype(np.float64), 0, None), cutoff
 
 
+def _value(text: str):
+    """A command-line override's value: JSON (numbers, lists, true/false) where it parses, else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset_dir", required=True, help="simulated cohort (datalist.json)")
@@ -46,7 +56,9 @@ def main() -> None:
     parser.add_argument(
         "--reference", choices=sorted(REFERENCES), default="sd_noisefree", help="sd: the standard-dose scan (real data)"
     )
+    parser.add_argument("--override", nargs=argparse.REMAINDER, default=[], help="--key value pairs for inference")
     args = parser.parse_args()
+    overrides = {k.lstrip("-"): _value(v) for k, v in zip(args.override[::2], args.override[1::2])}
     levels = [int(x) if x.isdigit() else x for x in args.dose_levels]
     records = load_cohort(os.path.join(args.dataset_dir, "datalist.json"), "validation", levels, True)
     studies = [{"id": f"{r['id']}_{r['dose_level']}", "pet": r["pet_low_dose"], "mri": r["t1"]} for r in records]
@@ -55,7 +67,7 @@ def main() -> None:
     print(f"reference {args.reference}")
     scores: dict = {}
     with tempfile.TemporaryDirectory() as output_dir:
-        enhance(studies, output_dir, 0, {"consistency_fwhm_mm": 0, "ckpt_path": args.model_file})
+        enhance(studies, output_dir, 0, {**overrides, "consistency_fwhm_mm": 0, "ckpt_path": args.model_file})
         for record, study in zip(records, studies):
             load = lambda path: np.asarray(nib.load(path).dataobj, dtype=np.float64)  # noqa: E731
             image = nib.load(os.path.join(output_dir, "seed0", study["id"], f"{study['id']}_enhanced.nii.gz"))
