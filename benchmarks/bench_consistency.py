@@ -15,14 +15,13 @@ from the study's measured noise"); a fine-tuned model or another scanner may wan
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 
 import nibabel as nib
 import numpy as np
 import torch
-from bench_uncertainty import BUNDLE, enhance  # puts the bundle's scripts package on the path
+from bench_uncertainty import BUNDLE, enhance, parse_overrides  # puts the bundle's scripts package on the path
 
 from scripts.consistency import consistent_with_measurement
 from scripts.evaluation import REFERENCES, score_study
@@ -38,14 +37,6 @@ def with_consistency(enhanced: np.ndarray, low_dose: np.ndarray, voxel_mm: list[
     return np.clip(corrected[0].numpy().astype(np.float64), 0, None), cutoff
 
 
-def _value(text: str):
-    """A command-line override's value: JSON (numbers, lists, true/false) where it parses, else the string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset_dir", required=True, help="simulated cohort (datalist.json)")
@@ -58,7 +49,7 @@ def main() -> None:
     )
     parser.add_argument("--override", nargs=argparse.REMAINDER, default=[], help="--key value pairs for inference")
     args = parser.parse_args()
-    overrides = {k.lstrip("-"): _value(v) for k, v in zip(args.override[::2], args.override[1::2])}
+    overrides = parse_overrides(args.override)
     levels = [int(x) if x.isdigit() else x for x in args.dose_levels]
     records = load_cohort(os.path.join(args.dataset_dir, "datalist.json"), "validation", levels, True)
     studies = [{"id": f"{r['id']}_{r['dose_level']}", "pet": r["pet_low_dose"], "mri": r["t1"]} for r in records]

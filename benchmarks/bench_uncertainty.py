@@ -28,6 +28,18 @@ from scripts.faithfulness import uncertainty_calibration  # noqa: E402
 from scripts.training import load_cohort  # noqa: E402
 
 
+def parse_overrides(pairs: list[str]) -> dict:
+    """``--key value`` pairs for the inference workflow; values are JSON (numbers, lists, booleans) where they parse."""
+
+    def value(text: str):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+
+    return {key.lstrip("-"): value(text) for key, text in zip(pairs[::2], pairs[1::2])}
+
+
 def enhance(studies: list[dict], output_dir: str, seed: int, overrides: dict) -> None:
     """Run the inference workflow on ``studies`` with one seed."""
     from monai.bundle import ConfigWorkflow
@@ -58,7 +70,7 @@ def main() -> None:
     parser.add_argument("--dose_reduction_factors", type=int, nargs="+", default=[20, 100])
     parser.add_argument("--override", nargs=argparse.REMAINDER, default=[], help="--key value pairs for inference")
     args = parser.parse_args()
-    overrides = dict(zip([k.lstrip("-") for k in args.override[::2]], args.override[1::2]))
+    overrides = parse_overrides(args.override)
     records = load_cohort(
         os.path.join(args.dataset_dir, "datalist.json"), "validation", args.dose_reduction_factors, True
     )
