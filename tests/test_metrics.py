@@ -59,6 +59,21 @@ def test_mean_bias_and_suvr_bias(volume):
     assert metrics.suvr_bias(2 * truth, truth, labels, AFFINE) == pytest.approx(0.0, abs=1e-9)
 
 
+def test_region_bias_says_which_region_moved(volume):
+    truth, _, labels = volume
+    scaled = truth.copy()
+    scaled[np.isin(labels, [166])] *= 1.05  # a meta-ROI label: the pons is untouched
+    moved = metrics.region_bias(scaled, truth, labels, AFFINE)
+    assert 0 < moved["meta_roi_bias_pct"] < 5.0 + 1e-9
+    assert moved["pons_bias_pct"] == pytest.approx(0.0, abs=1e-9)
+    noisy = truth * np.random.default_rng(3).uniform(0.8, 1.2, truth.shape)
+    bias = metrics.region_bias(noisy, truth, labels, AFFINE)
+    suvr_from_regions = 100 * ((1 + bias["meta_roi_bias_pct"] / 100) / (1 + bias["pons_bias_pct"] / 100) - 1)
+    assert suvr_from_regions == pytest.approx(metrics.suvr_bias(noisy, truth, labels, AFFINE))
+    with pytest.raises(ValueError, match="pons"):
+        metrics.region_bias(truth, truth, np.where(labels == 35, 0, labels), AFFINE)
+
+
 def test_per_slice_protocol_ignores_global_scale(volume):
     truth, _, _ = volume
     noisy = truth + np.random.default_rng(2).normal(0, 200, truth.shape)

@@ -31,6 +31,9 @@ REFERENCES = {"sd": "pet_sd", "sd_noisefree": "pet_sd_noisefree"}
 #: columns of the console table (mean +- SD over studies)
 TABLE_METRICS = ("psnr", "ssim", "nmse", "mean_bias_pct", "suvr_bias_pct")
 METRIC_NAMES = ("psnr", "ssim", "nmse", "mean_bias_pct", "suvr_bias_pct", "slice_psnr", "slice_ssim")
+#: the SUVR's two regions: which one moved (a small reference region such as the pons is the noisier)
+REGION_METRICS = ("meta_roi_bias_pct", "pons_bias_pct")
+METRIC_NAMES += REGION_METRICS
 #: faithfulness (scripts.faithfulness): worst lesion-contrast error, within-region uptake pattern kept
 FAITHFULNESS_METRICS = ("lesion_contrast_err_pct", "pattern_amplitude", "pattern_correlation")
 METRIC_NAMES += FAITHFULNESS_METRICS
@@ -89,10 +92,12 @@ def score_study(enhanced, study: dict, per_slice_threshold: float = 0.05) -> lis
             "nmse": metrics.masked_nmse(enhanced, ref, mask),
             "mean_bias_pct": metrics.mean_bias(enhanced, ref, mask),
             "suvr_bias_pct": float("nan"),
+            **{name: float("nan") for name in REGION_METRICS},
         }
         if "labels" in study:
             try:
                 row["suvr_bias_pct"] = metrics.suvr_bias(enhanced, ref, study["labels"], study["affine"])
+                row.update(metrics.region_bias(enhanced, ref, study["labels"], study["affine"]))
             except ValueError:  # no meta-ROI or pons voxel in this field of view
                 pass
         row.update(metrics.per_slice_protocol(enhanced, ref, per_slice_threshold))

@@ -1,9 +1,10 @@
 """Image-quality metrics of an enhanced PET volume against a reference, in the brain and in activity units.
 
 Primary numbers (brain-masked, 3D, physical units): :func:`masked_psnr`, :func:`masked_ssim`, :func:`masked_nmse`,
-:func:`mean_bias`, :func:`suvr_bias`. Beside them, :func:`per_slice_protocol` reproduces the paper's protocol
-(each axial slice min-max normalised, masked by a mask thresholded from the SD slice, PSNR/SSIM of whole slices),
-which inflates the numbers and is reported only for comparison with published values.
+:func:`mean_bias`, :func:`suvr_bias` (and :func:`region_bias`, its two regions). Beside them,
+:func:`per_slice_protocol` reproduces the paper's protocol (each axial slice min-max normalised, masked by a mask
+thresholded from the SD slice, PSNR/SSIM of whole slices), which inflates the numbers and is reported only for
+comparison with published values.
 
 :class:`MaskedPSNRMetric` and :class:`MaskedSSIMMetric` wrap the 3D functions for MONAI/ignite engines: their ``y``
 holds the reference in channel 0 and the brain mask in channel 1; channel 0 of ``y_pred`` is scored (channel 1 may
@@ -111,6 +112,22 @@ def suvr_bias(pred, ref, labels, affine) -> float:
     pred, ref, labels, affine = (np.asarray(_tensor(v)) for v in (pred, ref, labels, affine))
     ref_suvr = suvr(ref, labels.astype(np.int32), affine)
     return float(100.0 * (suvr(pred, labels.astype(np.int32), affine) - ref_suvr) / ref_suvr)
+
+
+def region_bias(pred, ref, labels, affine) -> dict[str, float]:
+    """Relative bias (%) of the meta-ROI mean and of the pons mean: which side of the SUVR moved.
+
+    Returns:
+        ``{"meta_roi_bias_pct": ..., "pons_bias_pct": ...}``; ``(1 + meta) / (1 + pons) - 1`` is the SUVR bias.
+    """
+    from scripts.regions import meta_roi_mask, pons_mask
+
+    pred, ref, labels, affine = (np.asarray(_tensor(v)) for v in (pred, ref, labels, affine))
+    regions = {"meta_roi": meta_roi_mask(labels), "pons": pons_mask(labels, affine)}
+    empty = [name for name, region in regions.items() if not region.any()]
+    if empty:
+        raise ValueError(f"empty region: {', '.join(empty)}")
+    return {f"{name}_bias_pct": float(100.0 * (pred[r].mean() / ref[r].mean() - 1)) for name, r in regions.items()}
 
 
 def per_slice_protocol(pred, ref, threshold: float = 0.05) -> dict[str, float]:
