@@ -48,11 +48,15 @@ TINY_4_LEVELS = {
 
 
 def save_tiny_weights(path: Path, **architecture) -> Path:
-    """Random-init tiny M2DiffNet (:data:`TINY_NETWORK`, or the given ``network_def`` keys) saved as a state_dict."""
+    """Random-init tiny M2DiffNet (:data:`TINY_NETWORK`, or the given ``network_def`` keys) saved as a state_dict.
+
+    Its ``context_slices`` is inference.json's unless given, so the weights load into the shipped configuration.
+    """
     from scripts.network import M2DiffNet
 
     torch.manual_seed(0)
     settings = {k.split("#")[1]: v for k, v in TINY_NETWORK.items() if k.startswith("network_def#")}
+    settings["context_slices"] = json.loads(CONFIG.read_text())["network_def"]["context_slices"]
     network = M2DiffNet(**{**settings, **architecture}, dropout=0.0)
     torch.save(network.state_dict(), path)
     return path
