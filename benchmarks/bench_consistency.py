@@ -9,7 +9,7 @@ Choose ``consistency_noise_pct`` here, on validation subjects, never on the test
 from the study's measured noise"); a fine-tuned model or another scanner may want another value.
 
     python benchmarks/bench_consistency.py --dataset_dir data/sim [--model_file bundle/models/model.pt] \
-        [--override --network_def#context_slices 1]
+        [--override --key value ...]
 """
 
 from __future__ import annotations

@@ -96,7 +96,6 @@ def score_study(enhanced, study: dict, per_slice_threshold: float = 0.05) -> lis
         }
         if "labels" in study:
             try:
-                row["suvr_bias_pct"] = metrics.suvr_bias(enhanced, ref, study["labels"], study["affine"])
                 row.update(metrics.region_bias(enhanced, ref, study["labels"], study["affine"]))
             except ValueError:  # no meta-ROI or pons voxel in this field of view
                 pass

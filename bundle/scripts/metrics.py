@@ -1,7 +1,7 @@
 """Image-quality metrics of an enhanced PET volume against a reference, in the brain and in activity units.
 
 Primary numbers (brain-masked, 3D, physical units): :func:`masked_psnr`, :func:`masked_ssim`, :func:`masked_nmse`,
-:func:`mean_bias`, :func:`suvr_bias` (and :func:`region_bias`, its two regions). Beside them,
+:func:`mean_bias`, :func:`suvr_bias` (and :func:`region_bias`: it and its two regions). Beside them,
 :func:`per_slice_protocol` reproduces the paper's protocol (each axial slice min-max normalised, masked by a mask
 thresholded from the SD slice, PSNR/SSIM of whole slices), which inflates the numbers and is reported only for
 comparison with published values.
@@ -107,27 +107,30 @@ def masked_ssim(pred, ref, mask, data_range: float | None = None, win_size: int 
 
 def suvr_bias(pred, ref, labels, affine) -> float:
     """Relative bias of the meta-ROI / pons SUVR (``scripts.regions.suvr``), in percent."""
-    from scripts.regions import suvr
-
-    pred, ref, labels, affine = (np.asarray(_tensor(v)) for v in (pred, ref, labels, affine))
-    ref_suvr = suvr(ref, labels.astype(np.int32), affine)
-    return float(100.0 * (suvr(pred, labels.astype(np.int32), affine) - ref_suvr) / ref_suvr)
+    return region_bias(pred, ref, labels, affine)["suvr_bias_pct"]
 
 
 def region_bias(pred, ref, labels, affine) -> dict[str, float]:
-    """Relative bias (%) of the meta-ROI mean and of the pons mean: which side of the SUVR moved.
+    """Relative biases (%) of the meta-ROI mean, of the pons mean and of their ratio (the SUVR), masks built once.
 
     Returns:
-        ``{"meta_roi_bias_pct": ..., "pons_bias_pct": ...}``; ``(1 + meta) / (1 + pons) - 1`` is the SUVR bias.
+        ``{"meta_roi_bias_pct", "pons_bias_pct", "suvr_bias_pct"}``: which side of the SUVR moved, and the SUVR's bias
+        ``(1 + meta) / (1 + pons) - 1``.
     """
     from scripts.regions import meta_roi_mask, pons_mask
 
     pred, ref, labels, affine = (np.asarray(_tensor(v)) for v in (pred, ref, labels, affine))
+    labels = labels.astype(np.int32)
     regions = {"meta_roi": meta_roi_mask(labels), "pons": pons_mask(labels, affine)}
     empty = [name for name, region in regions.items() if not region.any()]
     if empty:
         raise ValueError(f"empty region: {', '.join(empty)}")
-    return {f"{name}_bias_pct": float(100.0 * (pred[r].mean() / ref[r].mean() - 1)) for name, r in regions.items()}
+    ratio = {name: float(pred[r].mean() / ref[r].mean()) for name, r in regions.items()}
+    return {
+        "meta_roi_bias_pct": 100.0 * (ratio["meta_roi"] - 1),
+        "pons_bias_pct": 100.0 * (ratio["pons"] - 1),
+        "suvr_bias_pct": 100.0 * (ratio["meta_roi"] / ratio["pons"] - 1),
+    }
 
 
 def per_slice_protocol(pred, ref, threshold: float = 0.05) -> dict[str, float]:
