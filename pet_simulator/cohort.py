@@ -81,6 +81,7 @@ def simulate_subject(
     face_neck: bool = True,
     atrophy: bool = True,
     extra_drf: float | None = None,
+    noise_realizations: int = 0,
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Simulate one subject: warped anatomy, T1, true activity, SD / LD / noise-free OSEM reconstructions.
 
@@ -107,6 +108,9 @@ def simulate_subject(
         face_neck: extend the head (mu-map, scalp uptake, whole-head T1) with a face and neck below the brain.
         atrophy: cortical thinning and ventricular enlargement (AD: with severity; CN: mild, age-like).
         extra_drf: one more low-dose image at this dose reduction factor (key ``pet_drf_random``).
+        noise_realizations: this many more low-dose images per dose reduction factor, each from its own noise seed
+            (keys ``pet_drf{K}_noise{i}``): independent repeats of the same acquisition, for uncertainty benchmarks.
+            They draw after everything else, so the other images do not change.
 
     Returns:
         (images, params): images on the 2 mm grid: ``t1``, ``pet_truth``, ``pet_sd``, ``pet_sd_noisefree``,
@@ -189,6 +193,11 @@ def simulate_subject(
         feature_params["seconds_drf_random"] = time.perf_counter() - t_extra
         feature_params["drf_random"] = float(extra_drf)
         feature_params["counts_drf_random"] = sd_counts / float(extra_drf)
+    for i, child in enumerate(ss.spawn(int(noise_realizations))):  # children after the five feature seeds
+        rng_repeat = np.random.default_rng(child)
+        for drf in dose_reduction_factors:
+            noisy = scanner.poisson(data["prompts"], rng_repeat, float(drf))
+            images[f"pet_drf{_drf_name(drf)}_noise{i}"] = scanner.reconstruct(noisy, data, recon_fwhm, float(drf))
     seed_list = [int(s) for s in np.atleast_1d(np.asarray(seed))]
     params = {
         "seed": seed_list,
@@ -547,21 +556,25 @@ def generate_cohort(
 _SCANNERS: dict = {}
 
 
-def _simulate_and_save(plan: dict, job: dict) -> tuple[str, float]:
-    """Simulate and write one subject (runs in the main process or a worker; scanners are cached per process)."""
-    torch.set_num_threads(job["num_threads"])
+def _scanner(job: dict) -> Scanner:
+    """The job's scanner, built once per process."""
     key = (job["sim_voxel_mm"], repr(job["scanner_config"]))
     if key not in _SCANNERS:
         template = load_template_anatomy(2, job["cache_dir"])
         _SCANNERS[key] = Scanner(template["t1"].shape, job["sim_voxel_mm"], job["scanner_config"])
-    images, params = simulate_subject(
+    return _SCANNERS[key]
+
+
+def _simulate_plan(plan: dict, job: dict, **extra) -> tuple[dict[str, np.ndarray], dict]:
+    """:func:`simulate_subject` for one planned subject of a cohort job (``extra``: more keyword arguments)."""
+    return simulate_subject(
         [job["seed"], plan["index"]],
         ad_severity=plan["ad_severity"],
         dose_reduction_factors=job["drfs"],
         sim_voxel_mm=job["sim_voxel_mm"],
         counts_range=job["counts_range"],
         psf_fwhm_range_mm=job["psf_fwhm_range_mm"],
-        scanner=_SCANNERS[key],
+        scanner=_scanner(job),
         cache_dir=job["cache_dir"],
         heterogeneity_range=job["heterogeneity_range"],
         heterogeneity_scales_mm=job["heterogeneity_scales_mm"],
@@ -570,7 +583,14 @@ def _simulate_and_save(plan: dict, job: dict) -> tuple[str, float]:
         face_neck=job["face_neck"],
         atrophy=job["atrophy"],
         extra_drf=plan["drf_random"],
+        **extra,
     )
+
+
+def _simulate_and_save(plan: dict, job: dict) -> tuple[str, float]:
+    """Simulate and write one subject (runs in the main process or a worker; scanners are cached per process)."""
+    torch.set_num_threads(job["num_threads"])
+    images, params = _simulate_plan(plan, job)
     params["split"] = plan["split"]
     params["drf_random"] = plan["drf_random"]
     out = Path(job["out"])
@@ -585,3 +605,47 @@ def _simulate_and_save(plan: dict, job: dict) -> tuple[str, float]:
         qc_figure(images, out / "qc" / f"{plan['id']}_qc.png", title=title)
     save_subject(images, params, out, plan["id"])
     return plan["id"], float(params["seconds_simulation"])
+
+
+def noise_repeats(
+    dataset_dir: str | os.PathLike,
+    subject_id: str,
+    dose_reduction_factors: Sequence[float],
+    realizations: int,
+    scanner_config: ScannerConfig | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> dict[str, np.ndarray]:
+    """A finished subject of a cohort simulated again, with ``realizations`` repeats of each low-dose acquisition.
+
+    The subject is rebuilt from ``cohort_config.json`` and its ``params.json`` (``simulate_subject`` with
+    ``noise_realizations``): keys ``pet_drf{K}_noise{i}`` hold the same acquisition with independent noise.
+
+    Args:
+        dataset_dir: the cohort folder.
+        subject_id: a finished subject, e.g. ``"sub-0008"``.
+        dose_reduction_factors: dose levels to repeat.
+        realizations: repeats per dose level.
+        scanner_config: the scanner the cohort was simulated with (default settings when None).
+        cache_dir: template cache (default ``dataset_dir/.cache``).
+
+    Raises:
+        ValueError: when the rebuilt noise-free standard dose is not the saved one (another scanner or simulator).
+    """
+    import nibabel as nib
+
+    out = Path(dataset_dir)
+    cohort = json.loads((out / "cohort_config.json").read_text())
+    params = json.loads((out / subject_id / f"{subject_id}_params.json").read_text())
+    plan = {"index": params["seed"][1], "drf_random": None}
+    plan.update({key: params[key] for key in ("ad_severity", "has_lesions", "t1_whole_head")})
+    job = {key: cohort[key] for key in ("sim_voxel_mm", "heterogeneity_range", "heterogeneity_scales_mm")}
+    job.update({key: cohort[key] for key in ("face_neck", "atrophy")})
+    job.update(counts_range=tuple(cohort["counts_range"]), psf_fwhm_range_mm=tuple(cohort["psf_fwhm_range_mm"]))
+    job.update(seed=params["seed"][0], drfs=[_drf_name(d) for d in dose_reduction_factors])
+    job.update(scanner_config=scanner_config, cache_dir=str(cache_dir if cache_dir is not None else out / ".cache"))
+    images, _ = _simulate_plan(plan, job, noise_realizations=int(realizations))
+    saved_path = out / subject_id / f"{subject_id}_pet_sd_noisefree.nii.gz"
+    saved = np.asarray(nib.load(saved_path).dataobj)
+    if not np.allclose(images["pet_sd_noisefree"], saved, rtol=1e-3, atol=1e-3 * float(saved.max())):
+        raise ValueError(f"{saved_path}: the simulator does not reproduce this subject (another scanner_config?)")
+    return images

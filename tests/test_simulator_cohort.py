@@ -3,11 +3,12 @@
 import json
 import os
 
+import nibabel as nib
 import numpy as np
 import pytest
 
 from pet_simulator.acquisition import ScannerConfig
-from pet_simulator.cohort import assign_groups_and_splits, generate_cohort
+from pet_simulator.cohort import assign_groups_and_splits, generate_cohort, noise_repeats
 from pet_simulator.dicom_export import SeriesInfo, write_mr_series, write_pet_series
 
 TINY = ScannerConfig(n_angles=12, n_subsets=3, n_iterations=1)
@@ -61,6 +62,22 @@ def test_same_seed_same_bytes_and_resume(tmp_path, cache):
     # a finished subject simulated with other features is not silently relabelled
     with pytest.raises(ValueError, match="sub-0001_params.json: simulated with t1_whole_head=True"):
         _generate(tmp_path / "a", cache, whole_head_fraction=0.0)
+
+
+def test_noise_repeats_rebuild_a_finished_subject_with_independent_low_dose_scans(tmp_path, cache):
+    _generate(tmp_path, cache)
+    images = noise_repeats(tmp_path, "sub-0001", [10], 2, scanner_config=TINY, cache_dir=cache)
+    saved = nib.load(tmp_path / "sub-0001" / "sub-0001_pet_drf10.nii.gz").get_fdata()
+    noise_free = nib.load(tmp_path / "sub-0001" / "sub-0001_pet_sd_noisefree.nii.gz").get_fdata()
+    np.testing.assert_allclose(images["pet_sd_noisefree"], noise_free, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(images["pet_drf10"], saved, rtol=1e-5, atol=1e-3)  # the cohort's own scan, rebuilt
+    first, second = images["pet_drf10_noise0"] - noise_free, images["pet_drf10_noise1"] - noise_free
+    head = noise_free > 0.2 * noise_free.max()
+    assert abs(np.corrcoef(first[head], second[head])[0, 1]) < 0.1  # independent noise
+    assert np.std(first[head]) == pytest.approx(np.std((saved - noise_free)[head]), rel=0.2)  # at the same dose
+    other = ScannerConfig(n_angles=12, n_subsets=3, n_iterations=2)
+    with pytest.raises(ValueError, match="sub-0001_pet_sd_noisefree.nii.gz: the simulator does not reproduce"):
+        noise_repeats(tmp_path, "sub-0001", [10], 1, scanner_config=other, cache_dir=cache)
 
 
 @pytest.mark.parametrize("num_subjects", range(3, 13))
