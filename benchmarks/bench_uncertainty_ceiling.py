@@ -10,7 +10,7 @@ can know better. It is scored like a candidate map (``scripts.faithfulness.uncer
 with all other repeats and with 3 of them (the ideal map's own estimate improves with more repeats). The uncertainty
 targets are Spearman >= 0.5 and 2-SD coverage 90-98 % (docs/README.md, "No uncertainty map").
 
-    python benchmarks/bench_uncertainty_ceiling.py --dataset_dir data/sim [--subjects 3] [--realizations 8]
+    python benchmarks/bench_uncertainty_ceiling.py --dataset_dir data/sim [--subjects 6] [--realizations 8]
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def ideal_map_scores(errors: np.ndarray, brain: np.ndarray, others: int) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset_dir", required=True, help="simulated cohort (datalist.json, cohort_config.json)")
-    parser.add_argument("--subjects", type=int, default=3, help="the first N validation subjects")
+    parser.add_argument("--subjects", type=int, default=None, help="the first N validation subjects (default all)")
     parser.add_argument("--realizations", type=int, default=8, help="noise repeats per subject and dose")
     parser.add_argument("--dose_reduction_factors", type=int, nargs="+", default=[20, 100])
     args = parser.parse_args()
