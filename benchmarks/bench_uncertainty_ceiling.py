@@ -42,7 +42,7 @@ def ideal_map_scores(errors: np.ndarray, brain: np.ndarray, others: int) -> dict
     for j in range(len(errors)):
         rest = np.delete(errors, j, axis=0)[:others]
         ideal = np.sqrt((rest**2).mean(axis=0))
-        scores.append(uncertainty_calibration(errors[j], ideal, np.zeros_like(ideal), brain))
+        scores.append(uncertainty_calibration(errors[j], ideal, np.zeros_like(ideal), brain))  # |error - 0|
     return {key: float(np.mean([s[key] for s in scores])) for key in ("spearman", "coverage_2sd")}
 
 

