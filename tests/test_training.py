@@ -59,6 +59,32 @@ def test_load_cohort_adds_the_untrained_dose_level(cohort):
         load_cohort(os.path.join(cohort, "datalist.json"), "test", ["random"])
 
 
+def test_load_cohort_appends_extra_cohorts_training_subjects(cohort, tmp_path):
+    """extra_cohort_dirs: a second cohort's records follow the first's, with paths of their own and prefixed ids."""
+    second = tmp_path / "second_cohort"
+    make_tiny_cohort(str(second))
+    first = load_cohort(os.path.join(cohort, "datalist.json"), "training")
+    both = load_cohort(os.path.join(cohort, "datalist.json"), "training", extra_cohort_dirs=[str(second)])
+    assert both[: len(first)] == first and len(both) == 2 * len(first)
+    assert [r["id"] for r in both[len(first) :]] == [f"second_cohort/{r['id']}" for r in first]
+    assert all(r["pet_sd"].startswith(str(second)) and os.path.exists(r["pet_sd"]) for r in both[len(first) :])
+    missing = str(tmp_path / "missing_cohort")
+    with pytest.raises(FileNotFoundError, match="missing_cohort"):
+        load_cohort(os.path.join(cohort, "datalist.json"), "training", extra_cohort_dirs=[missing])
+
+
+def test_train_config_reads_extra_training_dirs(cohort, tmp_path):
+    """--extra_training_dirs adds training subjects; validation stays dataset_dir's."""
+    second = tmp_path / "second"
+    make_tiny_cohort(str(second))
+    workflow = make_workflow(["train"], dataset_dir=cohort, runs_dir=str(tmp_path / "runs"))
+    workflow.parser["extra_training_dirs"] = [str(second)]
+    training = workflow.parser.get_parsed_content("train#data")
+    validation = workflow.parser.get_parsed_content("validate#data")
+    assert len(training) == 4 and sum(r["id"].startswith("second/") for r in training) == 2
+    assert validation and not any(r["id"].startswith("second/") for r in validation)
+
+
 def test_slice_dataset_items(cohort):
     records = load_cohort(os.path.join(cohort, "datalist.json"), "training")
     dataset = PETSliceDataset(records, context_slices=1, patch_size=(32, 32), seed=3)

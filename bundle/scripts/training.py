@@ -44,7 +44,11 @@ RESUME_KEYS = ("network", "ema", "optimizer", "lr_scheduler", "trainer")
 
 
 def load_cohort(
-    datalist_file: str, split: str, dose_reduction_factors: Sequence[int | str] | None = None, per_dose: bool = False
+    datalist_file: str,
+    split: str,
+    dose_reduction_factors: Sequence[int | str] | None = None,
+    per_dose: bool = False,
+    extra_cohort_dirs: Sequence[str] = (),
 ) -> list[dict]:
     """Records of one split of a cohort ``datalist.json`` with absolute paths.
 
@@ -56,10 +60,23 @@ def load_cohort(
         per_dose: one record per (subject, dose level), with the low-dose image under ``pet_low_dose``, its dose
             reduction factor under ``dose_reduction_factor`` and the level's name under ``dose_level`` (evaluation);
             otherwise one record per subject (training).
+        extra_cohort_dirs: more cohort folders (each with its ``datalist.json``) whose records of ``split`` follow,
+            their ids prefixed with the folder's name (training on several simulated cohorts).
 
     Returns:
         List of record dicts.
     """
+    records = _load_one_cohort(datalist_file, split, dose_reduction_factors, per_dose)
+    for folder in extra_cohort_dirs:
+        extra = _load_one_cohort(os.path.join(folder, "datalist.json"), split, dose_reduction_factors, per_dose)
+        name = os.path.basename(os.path.normpath(folder))
+        records += [dict(record, id=f"{name}/{record['id']}") for record in extra]
+    return records
+
+
+def _load_one_cohort(
+    datalist_file: str, split: str, dose_reduction_factors: Sequence[int | str] | None, per_dose: bool
+) -> list[dict]:
     with open(datalist_file) as f:
         datalist = json.load(f)
     if split not in datalist:
