@@ -219,6 +219,7 @@ def test_m2diff_train_validate_resume(cohort, tmp_path):
         "optimizer",
         "lr_scheduler",
         "trainer",
+        "best_model",
     }
     # the shipped-style weights are the moving average, not the last raw weights
     final = torch.load(os.path.join(checkpoints, "model_final.pt"), weights_only=True)
@@ -318,3 +319,47 @@ def test_resume_from_bare_weights_names_pretrained_ckpt(cohort, tmp_path):
         _train(cohort, str(tmp_path), resume_ckpt=shipped_file)
     message = str(error.value.__cause__)
     assert shipped_file in message and "use --pretrained_ckpt" in message
+
+
+def test_resume_keeps_the_best_model_until_beaten(cohort, tmp_path):
+    """A resumed run remembers the best validation score: a worse validation does not replace model.pt."""
+    runs = str(tmp_path)
+    first = _train(cohort, runs)
+    checkpoints = os.path.join(runs, "m2diff", "checkpoints")
+    best = first.parser.get_parsed_content("validate#evaluator").state.best_metric
+    checkpoint = torch.load(os.path.join(checkpoints, "checkpoint_final.pt"), weights_only=True)
+    assert checkpoint["best_model"]["best_metric"] == pytest.approx(best)
+    assert checkpoint["best_model"]["best_metric_epoch"] == 1
+    assert [score for score, _ in checkpoint["best_model"]["saved"]] == [pytest.approx(best)]  # model.pt's score
+
+    # an earlier best no validation of a tiny run can reach: model.pt must survive the resumed run untouched
+    checkpoint["best_model"] = {"best_metric": 1e6, "best_metric_epoch": 1, "saved": [(1e6, "model.pt")]}
+    high_bar = os.path.join(str(tmp_path), "high_bar.pt")
+    torch.save(checkpoint, high_bar)
+    with open(os.path.join(checkpoints, "model.pt"), "rb") as file:
+        kept = file.read()
+    resumed = _train(cohort, runs, max_epochs=2, resume_ckpt=high_bar)
+    evaluator = resumed.parser.get_parsed_content("validate#evaluator")
+    assert np.isfinite(evaluator.state.metrics["val_psnr"]) and evaluator.state.metrics["val_psnr"] < 1e6
+    assert evaluator.state.best_metric == 1e6 and evaluator.state.best_metric_epoch == 1
+    with open(os.path.join(checkpoints, "model.pt"), "rb") as file:
+        assert file.read() == kept
+
+
+def test_resume_from_a_checkpoint_without_best_score(cohort, tmp_path, capfd):
+    """Checkpoints written before 0.8.2 hold no best score: they resume, with a warning, and validation saves."""
+    runs = str(tmp_path)
+    _train(cohort, runs)
+    checkpoints = os.path.join(runs, "m2diff", "checkpoints")
+    checkpoint = torch.load(os.path.join(checkpoints, "checkpoint_final.pt"), weights_only=True)
+    del checkpoint["best_model"]
+    older = os.path.join(str(tmp_path), "older.pt")
+    torch.save(checkpoint, older)
+    os.remove(os.path.join(checkpoints, "model.pt"))
+    capfd.readouterr()
+    resumed = _train(cohort, runs, max_epochs=2, resume_ckpt=older)
+    printed = "".join(capfd.readouterr())
+    assert f"resume_ckpt {older} holds no best validation score" in printed
+    assert resumed.parser.get_parsed_content("train#trainer").state.epoch == 2
+    assert resumed.parser.get_parsed_content("validate#evaluator").state.best_metric_epoch == 2
+    assert os.path.exists(os.path.join(checkpoints, "model.pt"))

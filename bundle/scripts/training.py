@@ -10,6 +10,8 @@ The engines are MONAI's own (``SupervisedTrainer``): this file only says what on
 - :class:`MultiTaskDiffusionLoss` is the paper's ``w_pet MSE(pet, SD) + w_mri MSE(mri, SD) + w_cons MSE(pet, mri)``.
 - :class:`EMAUpdate` keeps an exponential moving average of the weights (``torch.optim.swa_utils.AveragedModel``);
   validation, ``model.pt`` and the final weights use the average.
+- :class:`BestModelState` carries the best validation score into training checkpoints, so that a resumed run
+  replaces ``model.pt`` only with a better network; :func:`resume_load_dict` lets older checkpoints resume without it.
 - :class:`ModelFileFallback` makes sure a finished training leaves ``model.pt`` (the final network when validation
   never saved a best one).
 """
@@ -41,6 +43,8 @@ RANDOM_DOSE = "random"
 PATH_SUFFIXES = (".nii", ".nii.gz", ".json", ".npy", ".npz")
 #: what a resumable checkpoint (``checkpoint_final.pt``) holds besides the network
 RESUME_KEYS = ("network", "ema", "optimizer", "lr_scheduler", "trainer")
+#: the best validation score so far (:class:`BestModelState`); checkpoints written before 0.8.2 lack it
+BEST_MODEL_KEY = "best_model"
 
 
 def load_cohort(
@@ -397,6 +401,57 @@ def check_resume_checkpoint(path: str | None) -> str | None:
     return path
 
 
+def resume_load_dict(parts: dict, path: str | None) -> dict:
+    """The parts of ``train#checkpoint`` to restore from ``path``: all of them, or without the best validation score
+    when ``path`` was written before checkpoints held it (a warning says the resumed run starts that score afresh)."""
+    if not path or BEST_MODEL_KEY not in parts:
+        return parts
+    if BEST_MODEL_KEY in torch.load(path, map_location="cpu", weights_only=True, mmap=True):
+        return parts
+    logger.warning(
+        f"resume_ckpt {path} holds no best validation score (written before 0.8.2): the first validation of the "
+        "resumed run will replace model.pt whatever its score"
+    )
+    return {key: value for key, value in parts.items() if key != BEST_MODEL_KEY}
+
+
+class BestModelState:
+    """The best validation score so far and the saver of ``model.pt``, as one part of a training checkpoint.
+
+    Without it a resumed run forgets its best score: its first validation would replace ``model.pt`` (the best network
+    so far) whatever that validation scored. Saved with the checkpoint, the evaluator's ``best_metric`` and the key
+    metric saver's record of ``model.pt``'s score come back on resume.
+
+    Args:
+        evaluator: the validation engine (its ``state.best_metric`` and ``state.best_metric_epoch``).
+        saver: the ``CheckpointSaver`` that writes ``model.pt`` by the key metric; ``None`` on ranks that do not save.
+    """
+
+    def __init__(self, evaluator, saver=None) -> None:
+        self.evaluator = evaluator
+        self.saver = saver
+
+    def state_dict(self) -> dict:
+        state = self.evaluator.state
+        # MONAI's saver restores its record (load_state_dict) but only ignite's Checkpoint inside it exports one
+        saved = [] if self.saver is None else self.saver._key_metric_checkpoint.state_dict()["_saved"]
+        return {
+            "best_metric": float(state.best_metric),
+            "best_metric_epoch": int(state.best_metric_epoch),
+            "saved": [(float(score), str(name)) for score, name in saved],
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.evaluator.state.best_metric = state_dict["best_metric"]
+        self.evaluator.state.best_metric_epoch = state_dict["best_metric_epoch"]
+        if self.saver is not None:
+            self.saver.load_state_dict({"_saved": [tuple(item) for item in state_dict["saved"]]})
+
+    def has_best(self) -> bool:
+        """Whether a validation round (of this run or of the run it resumes) has scored a network."""
+        return int(self.evaluator.state.best_metric_epoch) > 0
+
+
 def require_model_file(path: str | None) -> str | None:
     """Check, before evaluation starts, that the trained network ``path`` exists (``None``: no network needed).
 
@@ -417,16 +472,19 @@ class ModelFileFallback:
     ``model.pt`` is normally the best network by the validation key metric (a ``CheckpointSaver`` of the validation
     handlers); a run without validation subjects (or without a validation round) would otherwise leave no
     ``model.pt``, or a stale one from an earlier run, for evaluation and inference. The weights are a plain CPU
-    state_dict (unwrapped from ``DistributedDataParallel``). Attach it on rank 0 only.
+    state_dict (unwrapped from ``DistributedDataParallel``). A resumed run whose validations did not beat the run
+    it resumes keeps that run's ``model.pt`` (``best_model`` knows its score). Attach it on rank 0 only.
 
     Args:
         network: the trained network (or its ``DistributedDataParallel`` wrapper).
         path: the model file, e.g. ``<ckpt_dir>/model.pt``.
+        best_model: the best validation score so far, restored on resume; ``None`` = only this run's saves count.
     """
 
-    def __init__(self, network: nn.Module, path: str) -> None:
+    def __init__(self, network: nn.Module, path: str, best_model: BestModelState | None = None) -> None:
         self.network = network
         self.path = path
+        self.best_model = best_model
         self._mtime_at_start: int | None = None
 
     def attach(self, engine) -> None:
@@ -445,6 +503,8 @@ class ModelFileFallback:
         mtime = self._mtime()
         if mtime is not None and mtime != self._mtime_at_start:
             return  # validation saved this run's best network
+        if mtime is not None and self.best_model is not None and self.best_model.has_best():
+            return  # the resumed run's best network stands: nothing since has beaten it
         network = getattr(self.network, "module", self.network)
         state = {key: value.detach().cpu() for key, value in network.state_dict().items()}
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
