@@ -167,6 +167,23 @@ def test_derived_series_round_trip(tmp_path, pet_volume):
         assert ds.ImagePositionPatient == src_ds.ImagePositionPatient and ds.Units == "BQML"
 
 
+def test_derived_series_identity_is_a_function_of_the_source_and_the_model_version(tmp_path, pet_volume):
+    """Writing the same source again gives the same UIDs (a PACS replaces the series); another version, new ones."""
+    source = read_dicom_series(write_dicom_series(pet_volume, tmp_path / "pet"))
+
+    def identity(folder, description, scale=1.0):
+        files = write_derived_series(source.array * scale, source, tmp_path / folder, description, "BQML", "test")
+        headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+        return {ds.SeriesInstanceUID for ds in headers}, [ds.SOPInstanceUID for ds in headers], headers[0].SeriesNumber
+
+    first = identity("a", "M2Diff enhanced v1.0")
+    assert len(first[0]) == 1 and len(set(first[1])) == len(source.files)
+    assert first[2] == pydicom.dcmread(source.files[0]).SeriesNumber + 1000
+    assert identity("b", "M2Diff enhanced v1.0", scale=2.0) == first  # other values (another run): same identity
+    second = identity("c", "M2Diff enhanced v1.1")
+    assert second[0].isdisjoint(first[0]) and set(second[1]).isdisjoint(first[1])
+
+
 def test_derived_series_failure_mid_way_leaves_nothing(tmp_path, pet_volume, monkeypatch):
     source = read_dicom_series(write_dicom_series(pet_volume, tmp_path / "pet"))
     calls = []

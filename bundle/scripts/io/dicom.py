@@ -292,8 +292,10 @@ def write_derived_series(
     """Write ``volume`` as a new derived series with the source series' geometry, atomically.
 
     Each output slice copies its source slice's header (patient, study, FrameOfReferenceUID, position, orientation,
-    spacing), gets new SOP/Series Instance UIDs, ImageType DERIVED\\SECONDARY, the given SeriesDescription (after
-    "RESEARCH ONLY: ") and Units, ImageComments "RESEARCH USE ONLY - not for diagnosis", a
+    spacing), gets SOP/Series Instance UIDs derived from the source's and the SeriesDescription (so writing the same
+    source with the same model version again gives the same UIDs, and a PACS replaces rather than adds the series),
+    SeriesNumber the source's + ``DERIVED_SERIES_NUMBER_OFFSET``, ImageType DERIVED\\SECONDARY, the given
+    SeriesDescription (after "RESEARCH ONLY: ") and Units, ImageComments "RESEARCH USE ONLY - not for diagnosis", a
     Source/ReferencedImageSequence pointing at the source slice, and int16 pixels with its own RescaleSlope.
 
     Args:
@@ -311,7 +313,7 @@ def write_derived_series(
     volume = np.asarray(volume, dtype=np.float64)
     if volume.ndim != 3 or volume.shape[2] != len(files):
         raise ValueError(f"volume of shape {volume.shape} does not match a source series of {len(files)} slices")
-    series_uid = generate_uid()
+    series_uid = derived_uid(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID, series_description)
     folder = Path(folder)
     written = []
     with atomic_directory(folder) as tmp:
@@ -324,6 +326,15 @@ def write_derived_series(
             ds.save_as(tmp / name, enforce_file_format=True)
             written.append(folder / name)
     return written
+
+
+#: a derived series' SeriesNumber is its source's plus this
+DERIVED_SERIES_NUMBER_OFFSET = 1000
+
+
+def derived_uid(source_uid: str, *identity: str) -> str:
+    """A UID that is a function of a source UID and what identifies the derivation (e.g. the model version)."""
+    return generate_uid(entropy_srcs=[str(source_uid), *identity])
 
 
 #: every derived series says it is for research use (SeriesDescription starts with the short form)
@@ -353,9 +364,9 @@ def _derived_slice(
     reference.ReferencedSOPInstanceUID = src.SOPInstanceUID
     ds.SourceImageSequence = DicomSequence([copy.deepcopy(reference)])
     ds.ReferencedImageSequence = DicomSequence([reference])
-    ds.SOPInstanceUID = generate_uid()
+    ds.SOPInstanceUID = derived_uid(src.SOPInstanceUID, series_uid)
     ds.SeriesInstanceUID = series_uid
-    ds.SeriesNumber = int(src.get("SeriesNumber", 0) or 0) + 1000
+    ds.SeriesNumber = int(src.get("SeriesNumber", 0) or 0) + DERIVED_SERIES_NUMBER_OFFSET
     ds.SeriesDescription = f"{RESEARCH_USE_SHORT}: {description}"[:64]
     ds.ImageComments = f"{RESEARCH_USE}. {derivation}"[:10240]
     ds.DerivationDescription = derivation[:1024]
