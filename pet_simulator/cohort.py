@@ -27,6 +27,7 @@ from .atrophy import apply_atrophy, draw_atrophy
 from .head import add_face_and_neck, extend_mu, whole_head_t1
 from .heterogeneity import uptake_heterogeneity
 from .lesions import draw_lesions
+from .spheres import draw_spheres
 
 __all__ = [
     "simulate_subject",
@@ -82,6 +83,8 @@ def simulate_subject(
     atrophy: bool = True,
     extra_drf: float | None = None,
     noise_realizations: int = 0,
+    spheres: Sequence[dict] | None = None,
+    anatomy_references: bool = False,
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Simulate one subject: warped anatomy, T1, true activity, SD / LD / noise-free OSEM reconstructions.
 
@@ -111,6 +114,11 @@ def simulate_subject(
         noise_realizations: this many more low-dose images per dose reduction factor, each from its own noise seed
             (keys ``pet_drf{K}_noise{i}``): independent repeats of the same acquisition, for uncertainty benchmarks.
             They draw after everything else, so the other images do not change.
+        spheres: PET-only spheres for contrast recovery (:func:`pet_simulator.spheres.recovery_sphere_specs`), placed
+            from a seed of their own in place of the random lesions (``lesion_mask`` and ``params["lesions"]``).
+        anatomy_references: also reconstruct the noise-free data of the activity without lesions
+            (``pet_lesionfree_noisefree``) and without lesions and heterogeneity (``pet_anatomy_noisefree``: the image
+            the anatomy alone predicts), for contrast recovery and heterogeneity scoring.
 
     Returns:
         (images, params): images on the 2 mm grid: ``t1``, ``pet_truth``, ``pet_sd``, ``pet_sd_noisefree``,
@@ -150,14 +158,22 @@ def simulate_subject(
         t1_head = whole_head_t1(anat2["t1"], anat2["brain_mask"], tissue[::step, ::step, ::step], rng_head)
         t1, mri_params = mri_appearance(t1_head, anat2["brain_mask"], rng_mri)
     rel, uptake_params = relative_uptake(anat, rng, ad_severity=ad_severity, skull_scalp=tissue)
+    rel_anatomy = rel
     if heterogeneity_range is not None:
         field, feature_params["heterogeneity"] = uptake_heterogeneity(
             anat, rng_field, tuple(heterogeneity_range), tuple(heterogeneity_scales_mm)
         )
         rel = rel * field
+    references = dict(zip(ANATOMY_REFERENCE_KEYS, (rel, rel_anatomy)))
     lesion_mask = np.zeros(shape2, dtype=np.uint8)
-    if lesions:
+    if spheres:
+        rng_spheres = np.random.default_rng(np.random.SeedSequence(ss.entropy, spawn_key=(_SPHERE_SEED_KEY,)))
+        factor, mask_sim, feature_params["lesions"] = draw_spheres(
+            anat["gm"], anat["wm"], anat["labels"], anat["affine"], spheres, rng_spheres
+        )
+    elif lesions:
         factor, mask_sim, feature_params["lesions"] = draw_lesions(anat["gm"], anat["wm"], anat["affine"], rng_lesion)
+    if spheres or lesions:
         rel = rel * factor
         lesion_mask = np.ascontiguousarray(mask_sim[::step, ::step, ::step])
     scale = absolute_scale(rng)
@@ -182,6 +198,11 @@ def simulate_subject(
         "affine": template2["affine"],
     }
     images["pet_sd_noisefree"] = scanner.reconstruct(data["prompts"], data, recon_fwhm, 1.0)
+    for key, reference in references.items() if anatomy_references else ():
+        reference_data = scanner.expected_data(
+            reference * scale["bq_ml_per_unit"], mu_sim, mu_recon, fwhm_xyz, sd_counts
+        )
+        images[key] = scanner.reconstruct(reference_data["prompts"], reference_data, recon_fwhm, 1.0)
     images["pet_sd"] = scanner.reconstruct(scanner.poisson(data["prompts"], rng, 1.0), data, recon_fwhm, 1.0)
     for drf in dose_reduction_factors:
         noisy = scanner.poisson(data["prompts"], rng, float(drf))
@@ -239,6 +260,12 @@ def simulate_subject(
     return images, params
 
 
+#: the noise-free reconstructions of ``anatomy_references`` (written by :func:`save_subject` when present)
+ANATOMY_REFERENCE_KEYS = ("pet_lesionfree_noisefree", "pet_anatomy_noisefree")
+#: spawn key of the spheres' seed: far beyond the children that features and noise repeats spawn
+_SPHERE_SEED_KEY = 1_000_003
+
+
 def _to_recon_grid(anat: dict[str, np.ndarray], affine2: np.ndarray) -> dict[str, np.ndarray]:
     """The 1 mm anatomy on the 2 mm grid (tissue maps averaged, labels and mask by the 2 mm voxel centres)."""
     shape2 = tuple((n + 1) // 2 for n in anat["t1"].shape)
@@ -268,6 +295,7 @@ def save_subject(images: dict, params: dict, out_dir: str | os.PathLike, subject
     out_dir = Path(out_dir)
     (out_dir / subject_id).mkdir(parents=True, exist_ok=True)
     files = subject_files(subject_id, params["dose_reduction_factors"], "pet_drf_random" in images)
+    files.update({k: f"{subject_id}/{subject_id}_{k}.nii.gz" for k in ANATOMY_REFERENCE_KEYS if k in images})
     dtypes = {"labels": np.int16, "brain_mask": np.uint8, "lesion_mask": np.uint8}
     for key, rel in files.items():
         if key == "params":
