@@ -97,7 +97,8 @@ def _as_files(value: str) -> str | list[str]:
     return text
 
 
-def _launched_by_monai_bundle(argv: Sequence[str]) -> bool:
+def launched_by_monai_bundle(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` is a ``python -m monai.bundle`` command line (not a Python caller of ``ConfigWorkflow``)."""
     parts = Path(argv[0]).parts if argv else ()
     return len(parts) >= 3 and parts[-3:] == ("monai", "bundle", "__main__.py")
 
@@ -113,7 +114,7 @@ def check_override_keys(argv: Sequence[str] | None = None) -> None:
         SystemExit: exit status 2 after printing the messages to stderr (no traceback).
     """
     if argv is None:
-        if not _launched_by_monai_bundle(sys.argv):
+        if not launched_by_monai_bundle(sys.argv):
             return
         argv = sys.argv
     messages = unknown_keys(list(argv))
@@ -145,7 +146,7 @@ def install_error_hook(log_dir: str | None = None) -> None:
     cannot be written). Set the environment variable ``M2DIFF_DEBUG=1`` to keep Python's own traceback on the
     terminal. Installed only for ``python -m monai.bundle`` runs.
     """
-    if os.environ.get("M2DIFF_DEBUG") or not _launched_by_monai_bundle(sys.argv):
+    if os.environ.get("M2DIFF_DEBUG") or not launched_by_monai_bundle(sys.argv):
         return
     default_hook = sys.excepthook
 
