@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from inference_testing import REPO, TINY_NETWORK, blob_volume, grid_affine
 from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
 
 from pet_simulator.dicom_export import SeriesInfo, write_mr_series, write_pet_series
 
@@ -63,6 +64,24 @@ def make_study(folder: Path, seed: int, with_mri: bool = True, missing_slice: in
         files = sorted((folder / "PET").iterdir())
         files[missing_slice].unlink()
     return study
+
+
+def copy_series(source: Path, folder: Path, name: str, keep: slice = slice(None), **attributes) -> Path:
+    """A copy of a series as another series of the same study (new UIDs from ``name``), its headers changed."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    folder.mkdir(parents=True)
+    series_uid = generate_uid(entropy_srcs=["copy", name, str(source)])
+    for path in sorted(source.iterdir())[keep]:
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[series_uid, path.name])
+        for keyword, value in attributes.items():
+            setattr(ds, keyword, value)
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.save_as(folder / path.name)
+    return folder
 
 
 def study_files(study: dict) -> list[Path]:
@@ -125,12 +144,13 @@ def stop(process: subprocess.Popen) -> None:
 class CountingStorage:
     """A Storage SCP in this process that records every SOPInstanceUID it receives (duplicates included)."""
 
-    def __init__(self, ae_title: str = "STORESCP") -> None:
-        self.ae_title, self.port = ae_title, free_port()
+    def __init__(self, ae_title: str = "STORESCP", port: int | None = None) -> None:
+        self.ae_title, self.port = ae_title, port or free_port()
         self.received: list[tuple[str, str]] = []  # (SeriesInstanceUID, SOPInstanceUID)
         self.lock = threading.Lock()
         ae = AE(ae_title=ae_title)
         ae.supported_contexts = AllStoragePresentationContexts
+        ae.add_supported_context(Verification)
         self.server = ae.start_server(
             ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
         )

@@ -44,13 +44,13 @@ def test_spool_groups_by_study_and_checks_each_study(tmp_path):
         spool.store("../escape", "1.2", "1.2.3", b"")
     guided = spool_study(spool, make_study(tmp_path / "a", seed=1))
     assert len(list(guided.iterdir())) == 2  # the PET and MR series folders
-    assert spool.quiet_studies(3600) == [] and spool.quiet_studies(0) == [guided]
-    pet, mri, count = study_inputs(spool.claim(guided))
-    assert (pet.name, mri.name, count) == (pet.name, mri.name, 2 * SLICES) and pet != mri
+    assert spool.quiet_studies(3600) == [] and [s for s, _ in spool.quiet_studies(0)] == [guided]
+    inputs = study_inputs(spool.claim(guided))
+    assert (inputs.count, inputs.series, inputs.notes) == (2 * SLICES, 2, []) and inputs.pet != inputs.mri
     assert not guided.exists() and list(spool.folder("processing").iterdir())
 
     free = spool_study(spool, make_study(tmp_path / "b", seed=2, with_mri=False))
-    assert study_inputs(free)[1] is None  # MRI-free
+    assert study_inputs(free).mri is None  # MRI-free
 
     mr_only = make_study(tmp_path / "c", seed=3)
     shutil.rmtree(mr_only.pop("pet"))
@@ -83,7 +83,7 @@ def test_orthanc_round_trip(tmp_path):
         "broken": make_study(tmp_path / "broken", seed=3, missing_slice=4),
     }
     orthanc = Orthanc(tmp_path / "orthanc")
-    node, port = start_node(tmp_path, weights, orthanc.dicom_port, "ORTHANC")
+    node, port = start_node(tmp_path, weights, orthanc.dicom_port, "ORTHANC", incomplete_timeout_s=4)
     try:
         orthanc.start(port)
         assert orthanc.post("/modalities/m2diff/echo", {}) == {}  # C-ECHO from the PACS
@@ -114,7 +114,10 @@ def test_orthanc_round_trip(tmp_path):
 
     assert orthanc_series["broken"] == []  # never sent
     assert [f.name for f in failed] == [studies["broken"]["study_uid"]]
-    assert "missing slice" in (failed[0] / "reason.txt").read_text()
+    assert (
+        "PET series" in (failed[0] / "reason.txt").read_text()
+        and "9 of 10 slices received" in (failed[0] / "reason.txt").read_text()
+    )
     counts = {word: log.count(f": {word} ") for word in ("received", "enhanced", "sent", "failed:")}
     assert counts == {"received": 3, "enhanced": 2, "sent": 2, "failed:": 1}, log[-3000:]  # one line each
 
@@ -173,7 +176,7 @@ def enhanced_study(spool: Spool, study: dict, sent: int = 0):
     return folder, sop_uids
 
 
-def test_resumed_send_skips_what_was_sent_and_a_dead_destination_fails_the_study(tmp_path):
+def test_resumed_send_skips_what_was_sent_and_results_wait_for_a_dead_destination(tmp_path):
     destination = CountingStorage()
     try:
         settings = dict(bundle_root=str(BUNDLE), spool_dir=str(tmp_path / "spool"), retry_interval_s=0)
@@ -187,9 +190,23 @@ def test_resumed_send_skips_what_was_sent_and_a_dead_destination_fails_the_study
     assert sorted(sop for _, sop in destination.received) == sop_uids[3:]  # killed after 3: the other 7, once
     assert [p.name for p in node.spool.folder("done").iterdir()] == [folder.name]
 
+    port = free_port()  # a destination that is down, then comes back
+    node = DicomNode(destination={"host": "127.0.0.1", "port": port, "ae_title": "LATER"}, **settings)
+    folder, sop_uids = enhanced_study(node.spool, make_study(tmp_path / "b", seed=2, with_mri=False))
+    node.process(folder)
+    node.resend()
+    assert folder.is_dir() and not (node.spool.folder("done") / folder.name).exists()  # waits in processing/
+    later = CountingStorage("LATER", port=port)
+    try:
+        node.resend()
+    finally:
+        later.shutdown()
+    assert sorted(sop for _, sop in later.received) == sop_uids and not folder.exists()
+    assert (node.spool.folder("done") / folder.name).is_dir()
+
     dead = {"host": "127.0.0.1", "port": free_port(), "ae_title": "NOBODY"}
-    node = DicomNode(destination=dead, send_retries=2, **settings)
-    folder, _ = enhanced_study(node.spool, make_study(tmp_path / "b", seed=2, with_mri=False))
+    node = DicomNode(destination=dead, send_timeout_s=0, **settings)
+    folder, _ = enhanced_study(node.spool, make_study(tmp_path / "c", seed=3, with_mri=False))
     node.process(folder)
     reason = (node.spool.folder("failed") / folder.name / "reason.txt").read_text()
-    assert reason.startswith("could not send to NOBODY@127.0.0.1") and "after 2 attempts" in reason
+    assert reason.startswith(f"could not send to NOBODY@127.0.0.1:{dead['port']} for 0 s: could not associate")

@@ -1,7 +1,17 @@
-"""DICOM node: receive studies (Storage SCP), enhance them with inference.json, send the results (C-STORE)."""
+"""DICOM node: receive studies (Storage SCP), enhance complete ones with inference.json, send the results (C-STORE)."""
 
-from .node import DicomNode, StudyFailed, study_inputs
+from .node import DicomNode, StudyInputs, study_inputs
 from .sender import DicomSender, SendError
+from .series import StudyFailed, StudyIncomplete
 from .spool import Spool
 
-__all__ = ["DicomNode", "DicomSender", "SendError", "Spool", "StudyFailed", "study_inputs"]
+__all__ = [
+    "DicomNode",
+    "DicomSender",
+    "SendError",
+    "Spool",
+    "StudyFailed",
+    "StudyIncomplete",
+    "StudyInputs",
+    "study_inputs",
+]

@@ -1,102 +1,109 @@
-"""A DICOM node: a Storage SCP that spools studies, enhances each quiet study with inference.json, and sends the
-derived PET series back to a destination AE (a PACS) with C-STORE.
+"""A DICOM node: a Storage SCP that spools studies, enhances each complete and quiet study with inference.json, and
+sends the derived PET series back to a destination AE (a PACS) with C-STORE.
 
-One log line per study and event: ``received``, ``enhanced``, ``sent`` or ``failed: <reason>``.
+Its audit log (``<spool_dir>/audit.log``, rotated) has one line per event: start, association accepted / rejected /
+released (calling AE, called AE, peer address), a study's first instance, ``received`` (instance counts and the
+series chosen), ``waiting`` (incomplete), ``enhanced``, ``sent`` (the derived series UID), ``failed: <reason>``, stop.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import os
 import shutil
 import signal
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
-from scripts.enhance import SUMMARY_NAME
+from scripts.enhance import SUMMARY_NAME, bundle_version, require_weights
 
 from .sender import DicomSender
+from .series import StudyFailed, StudyIncomplete, choose_pet, choose_t1, missing_slices, read_series
 from .spool import Spool, series_folders, write_durably
 
 logger = logging.getLogger(__name__)
 
-PET_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.128"
-MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
-T1_WORDS = ("T1", "MPRAGE", "SPGR", "TFE")
 STUDY_ID = "study"
 ENHANCED_MARKER, SENT_MARKER, OUTPUT_DIR = "_enhanced", "_sent", "_output"
+AUDIT_LOG, AUDIT_LOG_BYTES, AUDIT_LOG_BACKUPS = "audit.log", 10_000_000, 5
+#: override keys of the inference config that name files or folders (resolved against the bundle root)
+PATH_SUFFIXES = ("_path", "_file", "_dir")
 
 
-class StudyFailed(Exception):
-    """A study that cannot be enhanced or sent; the message is its reason."""
+@dataclass
+class StudyInputs:
+    """The series of a study that the node enhances."""
+
+    pet: Path
+    mri: Path | None
+    count: int
+    series: int
+    notes: list[str] = field(default_factory=list)
 
 
-def _describe(ds: pydicom.Dataset) -> str:
-    return " ".join(str(ds.get(k, "")) for k in ("SeriesDescription", "ProtocolName")).upper()
-
-
-def study_inputs(study: Path) -> tuple[Path, Path | None, int]:
-    """Find the PET series and, when present, a T1 MR series of a spooled study.
-
-    Returns:
-        ``(pet_folder, mri_folder or None, number of instances)``.
+def study_inputs(study: Path, check_pixels: bool = True) -> StudyInputs:
+    """Choose the PET and T1 series of a spooled study (:mod:`.series`) and check that they are complete.
 
     Raises:
-        StudyFailed: no PET series, several PET series, a PET series of an unsupported SOP class, a corrupt file.
+        StudyIncomplete: a chosen series lacks slices its headers declare, or has a gap in its positions.
+        StudyFailed: no PET series to enhance, several, an unsupported one, a corrupt file (``check_pixels``).
     """
-    pets, t1s, count = [], [], 0
-    for series in series_folders(study):
-        files = sorted(series.glob("*.dcm"))
-        count += len(files)
-        headers = []
-        for path in files:
-            try:
-                ds = pydicom.dcmread(path)
-                ds.pixel_array  # a truncated or damaged file fails here  # noqa: B018
-                headers.append(ds)
-            except Exception as exc:  # noqa: B902 - pydicom raises many types for damaged files
-                raise StudyFailed(f"corrupt file {path.name} in series {series.name}: {exc}") from exc
-        if not headers:
-            continue
-        first = headers[0]
-        modality, sop_class = first.get("Modality"), str(first.get("SOPClassUID", ""))
-        if modality == "PT":
-            if sop_class != PET_IMAGE_STORAGE:
-                raise StudyFailed(f"unsupported SOP class {sop_class} for PET series {series.name} (PET Image Storage)")
-            pets.append(series)
-        elif modality == "MR" and sop_class == MR_IMAGE_STORAGE and any(w in _describe(first) for w in T1_WORDS):
-            t1s.append(series)
-    if not pets:
-        raise StudyFailed("no PET series in the study")
-    if len(pets) > 1:
-        raise StudyFailed(f"{len(pets)} PET series in the study; expected one")
-    return pets[0], (t1s[0] if t1s else None), count
+    series = read_series(study)
+    pet, notes = choose_pet(series)
+    mri, mr_notes = choose_t1(series)
+    for role, chosen in (("PET", pet), ("T1", mri)):
+        missing = missing_slices(chosen) if chosen is not None else None
+        if missing:
+            raise StudyIncomplete(f"{role} series {chosen.name}: {missing}")
+        if check_pixels and chosen is not None:
+            _check_pixels(chosen.files)
+    count = sum(len(s.files) for s in series)
+    return StudyInputs(pet.folder, mri.folder if mri else None, count, len(series), notes + mr_notes)
+
+
+def _check_pixels(files: list[Path]) -> None:
+    for path in files:
+        try:
+            pydicom.dcmread(path).pixel_array  # a truncated or damaged file fails here  # noqa: B018
+        except Exception as exc:  # noqa: B902 - pydicom raises many types for damaged files
+            raise StudyFailed(f"corrupt file {path.name} in series {path.parent.name}: {exc}") from exc
+
+
+def resolve(bundle_root: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """``path`` itself when absolute, else relative to the bundle root."""
+    return Path(path) if os.path.isabs(path) else Path(bundle_root) / path
 
 
 class DicomNode:
     """Receive studies over DICOM, enhance them with the bundle's inference workflow and send the results.
 
     Args:
-        bundle_root: the bundle folder (its ``configs/`` give the inference workflow).
-        spool_dir: spool root (see :mod:`scripts.dicom_node.spool`).
-        ae_title: this node's AE title.
+        bundle_root: the bundle folder; relative paths of the other options are resolved against it.
+        spool_dir: spool root (see :mod:`scripts.dicom_node.spool`); holds the audit log.
+        ae_title: this node's AE title; associations calling another title are rejected.
         port: DICOM port to listen on.
         host: address to listen on.
         allowed_calling_aes: calling AE titles accepted (associations from others are rejected); empty: any.
-        quiet_time_s: a study is enhanced once no instance arrived for this long.
+        quiet_time_s: a complete study is enhanced once no instance arrived for this long.
+        incomplete_timeout_s: a study still incomplete this long after its last instance goes to ``failed/``.
         destination: ``{"host", "port", "ae_title"}`` of the AE that receives the derived series.
-        send_retries: attempts to send before the study is moved to ``failed/``.
-        retry_interval_s: wait between attempts.
-        inference_config_file: config file(s) of the inference workflow (e.g. with ``inference_onnx.json``).
+        send_timeout_s: an enhanced study that could not be sent stays in ``processing/`` and is sent again every
+            ``retry_interval_s``, until this long after its enhancement; then it goes to ``failed/``.
+        retry_interval_s: wait between send attempts.
+        inference_config_file: config file(s) of the inference workflow (e.g. with ``configs/inference_onnx.json``).
         inference_overrides: overrides of the inference config (``num_inference_steps``, ``ckpt_path`` ...).
         poll_interval_s: how often the spool is checked for quiet studies.
+        torch_threads: torch's intra-op threads (0: torch's default, every core).
+        network_log: log pynetdicom's per-message details (off: its warnings and errors only).
     """
 
     def __init__(
@@ -108,39 +115,140 @@ class DicomNode:
         host: str = "0.0.0.0",
         allowed_calling_aes: Sequence[str] = (),
         quiet_time_s: float = 30.0,
+        incomplete_timeout_s: float = 600.0,
         destination: dict | None = None,
-        send_retries: int = 3,
+        send_timeout_s: float = 86400.0,
         retry_interval_s: float = 30.0,
-        inference_config_file: str | Sequence[str] | None = None,
+        inference_config_file: str | Sequence[str] = "configs/inference.json",
         inference_overrides: dict | None = None,
         poll_interval_s: float = 1.0,
+        torch_threads: int = 1,
+        network_log: bool = False,
     ) -> None:
-        self.bundle_root = str(bundle_root)
-        self.spool = Spool(spool_dir)
+        self.bundle_root = os.path.abspath(bundle_root)
+        self.spool = Spool(resolve(self.bundle_root, spool_dir))
         self.ae_title, self.host, self.port = ae_title, host, int(port)
         self.allowed_calling_aes = [str(a) for a in allowed_calling_aes]
         self.quiet_time_s, self.poll_interval_s = float(quiet_time_s), float(poll_interval_s)
+        self.incomplete_timeout_s = float(incomplete_timeout_s)
         destination = dict(destination or {})
         self.sender = DicomSender(destination["host"], destination["port"], destination["ae_title"], ae_title)
-        self.send_retries, self.retry_interval_s = max(1, int(send_retries)), float(retry_interval_s)
-        configs = os.path.join(self.bundle_root, "configs")
-        self.inference_config_file = inference_config_file or os.path.join(configs, "inference.json")
-        self.inference_overrides = dict(inference_overrides or {})
-        self.meta_file = os.path.join(configs, "metadata.json")
+        self.send_timeout_s, self.retry_interval_s = float(send_timeout_s), float(retry_interval_s)
+        files = (
+            [inference_config_file] if isinstance(inference_config_file, (str, os.PathLike)) else inference_config_file
+        )
+        self.inference_config_file = [str(resolve(self.bundle_root, f)) for f in files]
+        self.inference_overrides = {
+            key: str(resolve(self.bundle_root, value)) if self._is_path_option(key, value) else value
+            for key, value in dict(inference_overrides or {}).items()
+        }
+        self.meta_file = os.path.join(self.bundle_root, "configs", "metadata.json")
+        self.torch_threads, self.network_log = int(torch_threads), bool(network_log)
         self.server = None
         self.stopping = threading.Event()
+        self._arriving: set[str] = set()  # studies whose first instance was logged
+        self._waiting: dict[str, float] = {}  # incomplete studies: their newest instance's time when last checked
+        self._stored: dict[int, int] = {}  # instances stored per association
+        self._unsent: dict[Path, float] = {}  # enhanced studies whose send failed: the time of the last attempt
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _is_path_option(key: str, value) -> bool:
+        return isinstance(value, str) and key.endswith(PATH_SUFFIXES) and value[:1] not in ("$", "@", "%")
+
+    # start-up ------------------------------------------------------------------------------------------------------
+    def open_audit_log(self) -> Path:
+        """Add the rotating audit log to the node's loggers; quiet pynetdicom unless ``network_log``."""
+        path = self.spool.root / AUDIT_LOG
+        package = logging.getLogger(__package__)
+        package.setLevel(logging.INFO)
+        if not any(getattr(h, "baseFilename", None) == str(path.resolve()) for h in package.handlers):
+            handler = logging.handlers.RotatingFileHandler(
+                path, maxBytes=AUDIT_LOG_BYTES, backupCount=AUDIT_LOG_BACKUPS, encoding="utf-8"
+            )
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            package.addHandler(handler)
+        logging.getLogger("pynetdicom").setLevel(logging.DEBUG if self.network_log else logging.WARNING)
+        return path
+
+    def check(self) -> None:
+        """Start-up checks: the inference configs exist and parse, the weights load (sha256 logged and compared with
+        ``<weights>.sha256``), the destination answers C-ECHO (a warning when it does not).
+
+        Raises:
+            FileNotFoundError: a config file or the weights are missing.
+            RuntimeError: the weights cannot be loaded.
+        """
+        import torch
+        from monai.bundle import ConfigParser
+
+        for path in self.inference_config_file:
+            if not Path(path).is_file():
+                raise FileNotFoundError(
+                    f"inference_config_file {path} not found (relative paths are resolved against the bundle root "
+                    f"{self.bundle_root})"
+                )
+        parser = ConfigParser()
+        parser.read_config(self.inference_config_file)
+        parser.update({"bundle_root": self.bundle_root, **self.inference_overrides})
+        weights = require_weights(str(parser.get_parsed_content("ckpt_path")))
+        try:
+            torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: B902 - torch raises many types for a damaged file
+            raise RuntimeError(f"network weights {weights} cannot be loaded: {type(exc).__name__}: {exc}") from exc
+        if self.sender.echo():
+            logger.info(f"destination {self.sender} answers C-ECHO")
+        else:
+            logger.warning(
+                f"destination {self.sender} does not answer C-ECHO; studies are received and enhanced, and their "
+                f"results wait in the spool (sent again every {self.retry_interval_s:g} s for "
+                f"{self.send_timeout_s:g} s)"
+            )
 
     # receiving -----------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _peer(event) -> str:
+        requestor = event.assoc.requestor
+        called = getattr(getattr(requestor, "primitive", None), "called_ae_title", "?")
+        return f"calling AE {requestor.ae_title}, called AE {called}, peer {requestor.address}:{requestor.port}"
+
+    def _on_accepted(self, event) -> None:
+        logger.info(f"association accepted: {self._peer(event)}")
+
+    def _on_rejected(self, event) -> None:
+        requestor = event.assoc.requestor
+        called = getattr(getattr(requestor, "primitive", None), "called_ae_title", None)
+        if called != self.ae_title:
+            why = f"called AE is not {self.ae_title}"
+        elif self.allowed_calling_aes and requestor.ae_title not in self.allowed_calling_aes:
+            why = "calling AE not in allowed_calling_aes"
+        else:
+            why = "no acceptable presentation context or another protocol reason"
+        logger.warning(f"association rejected ({why}): {self._peer(event)}")
+
+    def _on_closed(self, event) -> None:
+        with self._lock:
+            stored = self._stored.pop(id(event.assoc), 0)
+        how = "aborted" if event.event is evt.EVT_ABORTED else "released"
+        logger.info(f"association {how}: {self._peer(event)}; {stored} instances stored")
+
     def _on_store(self, event) -> int:
-        ds = event.dataset
+        calling = event.assoc.requestor.ae_title
         try:
+            ds = event.dataset
             self.spool.store(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, event.encoded_dataset())
         except (ValueError, AttributeError) as exc:
-            logger.warning(f"refused an instance from {event.assoc.requestor.ae_title}: {exc}")
+            logger.warning(f"refused an instance from {calling}: {exc}")
             return 0xC000  # cannot understand
         except OSError as exc:
-            logger.error(f"could not spool an instance: {exc}")
+            logger.error(f"could not spool an instance from {calling}: {exc}")
             return 0xA700  # out of resources
+        with self._lock:
+            self._stored[id(event.assoc)] = self._stored.get(id(event.assoc), 0) + 1
+            first = ds.StudyInstanceUID not in self._arriving
+            self._arriving.add(ds.StudyInstanceUID)
+        if first:
+            logger.info(f"study {ds.StudyInstanceUID}: first instance received from {self._peer(event)}")
         return 0x0000
 
     def start(self) -> None:
@@ -148,53 +256,130 @@ class DicomNode:
         ae = AE(ae_title=self.ae_title)
         ae.supported_contexts = AllStoragePresentationContexts
         ae.add_supported_context(Verification)
+        ae.require_called_aet = True
         if self.allowed_calling_aes:
             ae.require_calling_aet = self.allowed_calling_aes
         else:
             logger.warning("allowed_calling_aes is empty: any calling AE may store studies here")
-        handlers = [(evt.EVT_C_STORE, self._on_store)]
+        handlers = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_RELEASED, self._on_closed),
+            (evt.EVT_ABORTED, self._on_closed),
+        ]
         self.server = ae.start_server((self.host, self.port), block=False, evt_handlers=handlers)
         logger.info(f"DICOM node {self.ae_title} listening on {self.host}:{self.port}; spool {self.spool.root}")
 
-    def stop(self, *args) -> None:
+    def stop(self, signum: int | None = None, frame=None) -> None:
         """Stop after the current study (SIGTERM/SIGINT)."""
+        why = signal.Signals(signum).name if signum else "requested"
+        logger.info(f"stopping ({why}) after the current study")
         self.stopping.set()
 
     # processing ----------------------------------------------------------------------------------------------------
     def serve(self) -> None:
-        """Receive and process studies until stopped (claimed studies left by a crash are finished first)."""
+        """Check, then receive and process studies until stopped (claimed studies left by a crash are finished
+        first)."""
+        audit = self.open_audit_log()
+        logger.info(
+            f"starting M2Diff {bundle_version(self.bundle_root)} DICOM node {self.ae_title}: audit log {audit}, "
+            f"inference {self.inference_config_file}, quiet {self.quiet_time_s:g} s, incomplete timeout "
+            f"{self.incomplete_timeout_s:g} s, destination {self.sender}"
+        )
+        if self.torch_threads > 0:
+            import torch
+
+            torch.set_num_threads(self.torch_threads)
+        try:
+            self.check()
+        except Exception as exc:
+            logger.error(f"start-up check failed: {exc}")
+            raise
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.stop)
+            signal.signal(signal.SIGINT, self.stop)
         self.start()
         try:
             for study in sorted(self.spool.folder("processing").iterdir()):
                 logger.info(f"study {study.name}: resuming after a restart")
                 self.process(study)
             while not self.stopping.is_set():
-                for study in self.spool.quiet_studies(self.quiet_time_s):
-                    self.process(self.spool.claim(study))
+                self.poll()
+                self.resend()
                 self.stopping.wait(self.poll_interval_s)
         finally:
             self.server.shutdown()
+            logger.info(f"DICOM node {self.ae_title} stopped")
+
+    def poll(self) -> None:
+        """Claim and process every quiet study that is complete (or incomplete past ``incomplete_timeout_s``)."""
+        for study, newest in self.spool.quiet_studies(self.quiet_time_s):
+            if self.stopping.is_set() or not self.ready(study, newest):
+                continue
+            claimed = self.spool.claim(study, newest)
+            if claimed is None:  # an instance arrived meanwhile
+                continue
+            with self._lock:
+                self._arriving.discard(study.name)
+            self.process(claimed)
+
+    def resend(self) -> None:
+        """Send again the results that could not be sent, every ``retry_interval_s``."""
+        for study, last in sorted(self._unsent.items(), key=lambda item: item[1]):
+            if not self.stopping.is_set() and time.time() - last >= self.retry_interval_s:
+                self.process(study)
+
+    def ready(self, study: Path, newest: float) -> bool:
+        """Whether a quiet study is complete by its headers, or has been incomplete for ``incomplete_timeout_s``.
+
+        A study that cannot be enhanced for another reason is ready too: processing moves it to ``failed/``.
+        """
+        waited = time.time() - newest
+        if self._waiting.get(study.name) == newest and waited < self.incomplete_timeout_s:
+            return False  # nothing new since the last check
+        try:
+            study_inputs(study, check_pixels=False)
+        except StudyIncomplete as exc:
+            if waited < self.incomplete_timeout_s:
+                logger.info(f"study {study.name}: waiting for the rest: {exc}")
+                self._waiting[study.name] = newest
+                return False
+        except StudyFailed:
+            pass
+        self._waiting.pop(study.name, None)
+        return True
 
     def process(self, study: Path) -> None:
         """Enhance (unless already done) and send one claimed study; move it to ``done/`` or ``failed/``."""
         try:
             if not (study / ENHANCED_MARKER).is_file():
-                pet, mri, count = study_inputs(study)
-                mode = f"with T1 series {mri.name}" if mri else "MRI-free (no T1 series)"
-                logger.info(f"study {study.name}: received {count} instances; PET series {pet.name}, {mode}")
+                counts = [len(list(series.glob("*.dcm"))) for series in series_folders(study)]
+                logger.info(
+                    f"study {study.name}: received {sum(counts)} instances in {len(counts)} series "
+                    f"({' + '.join(map(str, counts))})"
+                )
+                inputs = study_inputs(study)
+                mode = f"T1 series {inputs.mri.name}" if inputs.mri else "MRI-free (no T1 series)"
+                logger.info(f"study {study.name}: enhancing PET series {inputs.pet.name}, {mode}")
+                for note in inputs.notes:
+                    logger.info(f"study {study.name}: {note}")
                 start = time.perf_counter()
-                self.enhance(study, pet, mri)
+                self.enhance(study, inputs.pet, inputs.mri)
                 logger.info(f"study {study.name}: enhanced in {time.perf_counter() - start:.1f} s")
             files = self.derived_files(study)
+            derived_uid = pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID
             sent = self.send(study, files)
+            if sent is None:
+                return
             write_durably(b"", study / SENT_MARKER)
             self.spool.move(study, "done")
-            logger.info(f"study {study.name}: sent {sent} instances to {self.sender}")
+            logger.info(f"study {study.name}: sent {sent} instances of derived series {derived_uid} to {self.sender}")
         except Exception as exc:  # noqa: B902 - one bad study must not stop the node (or fail again at each restart)
             reason = str(exc) if isinstance(exc, StudyFailed) else f"unexpected error: {type(exc).__name__}: {exc}"
-            if not isinstance(exc, StudyFailed):
+            if isinstance(exc, StudyIncomplete):
+                reason = f"incomplete, no instance for {self.incomplete_timeout_s:g} s, nothing sent: {reason}"
+            elif not isinstance(exc, StudyFailed):
                 logger.exception(f"study {study.name}: unexpected error")
             target = self.spool.move(study, "failed", reason)
             logger.error(f"study {study.name}: failed: {reason} (moved to {target})")
@@ -243,14 +428,24 @@ class DicomNode:
             raise StudyFailed(f"the inference wrote no derived DICOM series in {folder}")
         return files
 
-    def send(self, study: Path, files: list[Path]) -> int:
-        """Send with retries; raises :class:`StudyFailed` after the last failed attempt."""
-        for attempt in range(1, self.send_retries + 1):
-            try:
-                return self.sender.send(files, study)
-            except Exception as exc:  # noqa: B902 - network errors come in many types
-                if attempt == self.send_retries:
-                    raise StudyFailed(f"could not send to {self.sender} after {attempt} attempts: {exc}") from exc
-                logger.warning(f"study {study.name}: send attempt {attempt} failed ({exc}); retrying")
-                self.stopping.wait(self.retry_interval_s)
-        return 0
+    def send(self, study: Path, files: list[Path]) -> int | None:
+        """Send the derived series; ``None`` when the destination failed (the study stays for :meth:`resend`).
+
+        Raises:
+            StudyFailed: the study's results could not be sent for ``send_timeout_s`` since its enhancement.
+        """
+        try:
+            sent = self.sender.send(files, study)
+        except Exception as exc:  # noqa: B902 - network errors come in many types
+            waited = time.time() - (study / ENHANCED_MARKER).stat().st_mtime
+            if waited >= self.send_timeout_s:
+                self._unsent.pop(study, None)
+                raise StudyFailed(f"could not send to {self.sender} for {waited:.0f} s: {exc}") from exc
+            logger.warning(
+                f"study {study.name}: could not send ({exc}); the result waits in {study.parent.name}/, next attempt "
+                f"in {self.retry_interval_s:g} s"
+            )
+            self._unsent[study] = time.time()
+            return None
+        self._unsent.pop(study, None)
+        return sent

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pydicom
 from pynetdicom import AE
+from pynetdicom.sop_class import Verification
 
 from scripts.io.writers import fsync_directory
 
@@ -35,6 +36,19 @@ class DicomSender:
 
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"
+
+    def echo(self) -> bool:
+        """Whether the destination answers a C-ECHO."""
+        ae = AE(ae_title=self.calling_ae_title)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout_s
+        ae.add_requested_context(Verification)
+        assoc = ae.associate(self.host, self.port, ae_title=self.ae_title)
+        if not assoc.is_established:
+            return False
+        try:
+            return getattr(assoc.send_c_echo(), "Status", None) == 0x0000
+        finally:
+            assoc.release()
 
     def send(self, files: list[Path], study: Path) -> int:
         """C-STORE ``files`` not yet listed in ``study/_sent.log``; each success is appended (and synced) to it.

@@ -61,24 +61,39 @@ class Spool:
     def store(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> Path:
         """Durably store one instance (``data``: the file-format bytes) under ``incoming/``.
 
+        The file, its name and the names of new study and series folders are synced before this returns.
+
         Raises:
             ValueError: when a UID is not a valid DICOM UID (it names a folder).
+            OSError: when the instance cannot be written (a full disk ...).
         """
         for name, uid in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid), ("SOP", sop_uid)):
             if not UID_PATTERN.match(str(uid)):
                 raise ValueError(f"invalid {name} {uid!r}")
-        with self._lock:  # a study is not claimed half-way through an instance
-            return write_durably(data, self.folder("incoming") / study_uid / series_uid / f"{sop_uid}.dcm")
+        series = self.folder("incoming") / study_uid / series_uid
+        with self._lock:  # a study is neither listed nor claimed half-way through an instance
+            new_series = not series.is_dir()
+            path = write_durably(data, series / f"{sop_uid}.dcm")
+            if new_series:
+                fsync_directory(series.parent)
+                fsync_directory(series.parent.parent)
+            return path
 
-    def quiet_studies(self, quiet_time_s: float) -> list[Path]:
-        """Studies in ``incoming/`` whose newest instance arrived at least ``quiet_time_s`` ago (oldest first)."""
+    def quiet_studies(self, quiet_time_s: float) -> list[tuple[Path, float]]:
+        """Studies in ``incoming/`` whose newest instance arrived at least ``quiet_time_s`` ago, with that instance's
+        time (oldest first)."""
         now, ready = time.time(), []
-        for study in self.folder("incoming").iterdir():
-            times = [f.stat().st_mtime for f in study.rglob("*") if f.is_file()]
-            newest = max(times, default=study.stat().st_mtime)
-            if now - newest >= quiet_time_s:
-                ready.append((newest, study))
-        return [study for _, study in sorted(ready)]
+        with self._lock:  # no instance is being renamed into place while the files are listed and dated
+            for study in self.folder("incoming").iterdir():
+                newest = self._newest(study)
+                if now - newest >= quiet_time_s:
+                    ready.append((newest, study))
+        return [(study, newest) for newest, study in sorted(ready)]
+
+    @staticmethod
+    def _newest(study: Path) -> float:
+        times = [f.stat().st_mtime for f in study.rglob("*") if f.is_file()]
+        return max(times, default=study.stat().st_mtime)
 
     def _free_name(self, state: str, name: str) -> Path:
         target, n = self.folder(state) / name, 1
@@ -87,19 +102,26 @@ class Spool:
             target = self.folder(state) / f"{name}.{n}"
         return target
 
-    def claim(self, study: Path) -> Path:
-        """Move a quiet study from ``incoming/`` to ``processing/`` (atomically); returns its new folder."""
+    def claim(self, study: Path, newest: float | None = None) -> Path | None:
+        """Move a study from ``incoming/`` to ``processing/`` (atomically); returns its new folder.
+
+        With ``newest`` (from :meth:`quiet_studies`), the study is claimed only if no instance arrived since
+        (``None`` is returned otherwise).
+        """
         with self._lock:
+            if newest is not None and self._newest(study) > newest:
+                return None
             target = self._free_name("processing", study.name)
             os.replace(study, target)
             fsync_directory(target.parent)
         return target
 
     def move(self, study: Path, state: str, reason: str | None = None) -> Path:
-        """Move a claimed study to ``done/`` or ``failed/`` (with ``reason.txt``)."""
-        if reason is not None:
-            write_durably((reason.strip() + "\n").encode(), study / REASON_NAME)
+        """Move a claimed study to ``done/`` or ``failed/`` (with ``reason.txt``, naming the study's new folder)."""
         target = self._free_name(state, study.name)
+        (study / REASON_NAME).unlink(missing_ok=True)  # an earlier attempt's
+        if reason is not None:
+            write_durably((reason.replace(str(study), str(target)).strip() + "\n").encode(), study / REASON_NAME)
         os.replace(study, target)
         fsync_directory(target.parent)
         return target
