@@ -105,7 +105,8 @@ def test_values_the_defaults_and_the_docs_use_pass():
     good |= {"output_units": "SUV", "eval_dose_reduction_factors": [20, "random"], "gaussian_fwhm_mm": [4.0, 5.5]}
     good |= {"patch_size": [32, 32], "ema_decay": 0, "resume_ckpt": None, "eval_max_studies": None}
     assert option_problems(good) == []
-    bad = {"num_inference_steps": 0, "seed": True, "ema_decay": 1.0, "warm_start_timestep": 1000, "patch_size": [4]}
+    assert option_problems({"warm_start_timestep": "500"}) == []  # the config reads it with int()
+    bad = {"num_inference_steps": 0, "seed": True, "ema_decay": 1.0, "warm_start_timestep": "x", "patch_size": [4]}
     assert [line.split(":")[0] for line in option_problems(bad)] == [f"option {name}" for name in bad]
     assert option_problems({"method": "m2diff"}, {"method": ["low_dose"]}) == [
         "option method: got 'm2diff', expected 'low_dose'"

@@ -153,13 +153,14 @@ def install_error_hook(log_dir: str | None = None) -> None:
     def hook(exc_type, exc, tb) -> None:
         if not isinstance(exc, Exception):
             return default_hook(exc_type, exc, tb)
-        text = "".join(traceback.format_exception(exc_type, exc, tb))
-        log_file = _write_traceback(text, log_dir)
         error = user_error(exc)
         message = str(error).strip() or type(error).__name__
-        if type(error).__name__ == "StudiesFailedError":
-            message = message.splitlines()[0].rstrip(":")  # the failed studies are listed above
-        elif not isinstance(error, (OSError, ValueError)) and type(error).__name__ not in message:
+        if type(error).__name__ == "StudiesFailedError":  # not a crash: the failed studies are listed above
+            print(f"ERROR: {message.splitlines()[0].rstrip(':')}", file=sys.stderr)
+            return
+        text = "".join(traceback.format_exception(exc_type, exc, tb))
+        log_file = _write_traceback(text, log_dir)
+        if not isinstance(error, (OSError, ValueError)) and type(error).__name__ not in message:
             message = f"{type(error).__name__}: {message}"
         print(f"ERROR: {message} (traceback: {log_file})", file=sys.stderr)
 

@@ -3,7 +3,7 @@
 Normalise (preprocessing: ``scripts.normalise.NormaliseStudyd``), sample (``inferer(inputs, network)``: the config's
 ``scripts.sampler.DDIMVolumeSampler``), restore (postprocessing: ``Invertd``, units, save). :class:`StudyEnhancer` is
 MONAI's ``SupervisedEvaluator`` plus per-study failure capture; :class:`StudySummaryHandler` writes the summary and
-makes the run fail when a study failed.
+records the failed studies, which :func:`raise_if_failed` turns into the run's failure.
 """
 
 from __future__ import annotations
@@ -139,7 +139,8 @@ class StudyEnhancer(SupervisedEvaluator):
     def _method(self, mri_free: bool) -> str:
         steps = len(getattr(self.inferer, "timesteps", [])) or "?"
         samples = getattr(self.inferer, "num_samples", 1)
-        return f"{steps} DDIM steps, {samples} sample(s), {'MRI-free' if mri_free else 'MRI-guided'}"
+        steps = f"{steps} DDIM step{'' if steps == 1 else 's'}"
+        return f"{steps}, {samples} sample{'' if samples == 1 else 's'}, {'MRI-free' if mri_free else 'MRI-guided'}"
 
     def _iteration(self, engine: SupervisedEvaluator, batchdata: dict) -> dict:
         study_id = str(batchdata.get("id"))
@@ -189,8 +190,8 @@ class StudySummaryHandler:
     Args:
         output_dir: results folder.
         settings: run settings to record (steps, samples, seed ...).
-        raise_on_failure: raise :class:`StudiesFailedError` after writing the summary when a study failed, so that
-            ``python -m monai.bundle run`` exits with a non-zero status.
+        raise_on_failure: let :func:`raise_if_failed` (the config's ``run`` step after the engine) raise
+            :class:`StudiesFailedError` when a study failed, so that ``python -m monai.bundle run`` exits with status 1.
     """
 
     FIELDS = ("id", "status", "message", "outputs", "notes", "seconds", "network_calls")
@@ -205,6 +206,7 @@ class StudySummaryHandler:
         self.started_at = ""
         self.log_file: Path | None = None
         self._log_handler: logging.Handler | None = None
+        self.failure: StudiesFailedError | None = None
 
     def attach(self, engine: Any) -> None:
         from ignite.engine import Events
@@ -256,9 +258,8 @@ class StudySummaryHandler:
         record = {key: output.get(key) for key in self.FIELDS}
         self.studies.append(record)
         if record["status"] == "ok":
-            logger.info(
-                f"study '{record['id']}': done in {record['seconds']:.1f} s -> {record['outputs'].get('enhanced')}"
-            )
+            written = ", ".join(f"{kind} {path}" for kind, path in (record["outputs"] or {}).items())
+            logger.info(f"study '{record['id']}': done in {record['seconds']:.1f} s; wrote {written}")
         write_json(self.summary(complete=False), self.path)  # progress, if killed later
 
     @property
@@ -282,10 +283,25 @@ class StudySummaryHandler:
         path = write_json(self.summary(), self.path)
         self._close_log()
         failed = self.failed
-        logger.info(f"{len(self.studies) - len(failed)} of {len(self.studies)} studies enhanced; summary: {path}")
-        if failed and self.raise_on_failure:
+        enhanced = f"{len(self.studies) - len(failed)} of {len(self.studies)} studies enhanced"
+        logger.info(f"{enhanced}; wrote the summary {path} and the log {self.log_file}")
+        self.failure = None
+        if failed:
             lines = "\n".join(f"  - {s['message']}" for s in failed)
             where = f"summary: {path}; details: {self.log_file}"
-            message = f"{len(failed)} of {len(self.studies)} studies failed ({where}):\n{lines}"
-            logger.error(message)
-            raise StudiesFailedError(message)
+            self.failure = StudiesFailedError(
+                f"{len(failed)} of {len(self.studies)} studies failed ({where}):\n{lines}"
+            )
+
+
+def raise_if_failed(summary: StudySummaryHandler) -> None:
+    """The step after the engine's run: raise when a study failed, so that the run exits with status 1.
+
+    Raised here rather than in the engine's handler, so that the framework does not report it as a crash (ignite's
+    "Engine run is terminating due to exception"); the command line shows its first line once.
+
+    Raises:
+        StudiesFailedError: naming the failed studies, the summary and the log (unless ``raise_on_failure`` is off).
+    """
+    if summary.failure is not None and summary.raise_on_failure:
+        raise summary.failure

@@ -39,7 +39,8 @@ def _is_number(value: Any) -> bool:
 class Number:
     """A number (``integer``: a whole one) from ``minimum`` to ``maximum``; ``above``/``below``: bounds excluded.
 
-    ``none`` also accepts ``None``; ``words`` are accepted strings (case-insensitive), such as ``"auto"``.
+    ``none`` also accepts ``None``; ``words`` are accepted strings (case-insensitive), such as ``"auto"``;
+    ``from_text``: a number written as text too (where the config converts it, ``int(@warm_start_timestep)``).
     """
 
     minimum: float | None = None
@@ -49,12 +50,16 @@ class Number:
     below: bool = False
     none: bool = False
     words: tuple[str, ...] = ()
+    from_text: bool = False
 
     def accepts(self, value: Any) -> bool:
         if value is None:
             return self.none
+        if isinstance(value, str) and value.strip().lower() in self.words:
+            return True
         if isinstance(value, str):
-            return value.strip().lower() in self.words
+            number = _parse_number(value) if self.from_text else None
+            return number is not None and self.accepts(number)
         if not _is_number(value) or (self.integer and not isinstance(value, int)):
             return False
         low_ok = self.minimum is None or (value > self.minimum if self.above else value >= self.minimum)
@@ -77,9 +82,19 @@ class Number:
         return self.describe()
 
 
-def Integer(minimum: int | None = None, maximum: int | None = None, none: bool = False, words=()) -> Number:
+def _parse_number(text: str) -> int | float | None:
+    """``"500"`` -> 500, ``"0.5"`` -> 0.5, anything else -> ``None``."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return None
+
+
+def Integer(minimum: int | None = None, maximum: int | None = None, none: bool = False, **kwargs) -> Number:
     """A whole number from ``minimum`` to ``maximum`` (see :class:`Number`)."""
-    return Number(minimum, maximum, integer=True, none=none, words=tuple(words))
+    return Number(minimum, maximum, integer=True, none=none, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -198,9 +213,11 @@ EXPECTED = {
     # inference.json
     "datalist": Path("file", hint="a JSON list of studies"),
     "output_dir": Path(),
-    "ckpt_path": Path("file", hint="network weights, e.g. models/model.pt"),
+    "ckpt_path": Path(
+        "file", hint="network weights: the released bundle's models/model.pt, or train configs/train.json"
+    ),
     "num_inference_steps": _STEPS,
-    "warm_start_timestep": Integer(1, 999, none=True, words=NONE_WORDS),
+    "warm_start_timestep": Integer(1, 999, none=True, words=NONE_WORDS, from_text=True),
     "num_samples": Integer(1),
     "slice_batch_size": Integer(1),
     "seed": Integer(0),

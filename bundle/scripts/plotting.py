@@ -8,6 +8,8 @@ superior (coronal) at the top.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 PET_CMAP, MRI_CMAP, SPREAD_CMAP = "hot", "gray", "viridis"
@@ -36,6 +38,14 @@ def lr_labels(affine: np.ndarray | None) -> tuple[str, str] | None:
     if abs(direction[0]) < 0.7 * np.linalg.norm(direction):
         return None
     return ("L", "R") if direction[0] > 0 else ("R", "L")  # RAS world: +x is the patient's right
+
+
+def display_convention(sides: tuple[str, str] | None) -> str:
+    """How the patient's sides are displayed: neurological (left on the left), radiological, or ``""`` (oblique)."""
+    if not sides:
+        return ""
+    kind = "neurological" if sides[0] == "L" else "radiological"
+    return f"{kind} display (patient {'left' if sides[0] == 'L' else 'right'} on image left)"
 
 
 def slice_position(affine: np.ndarray | None, axis: int, index: int, shape: tuple[int, ...]) -> str:
@@ -106,11 +116,13 @@ def qc_figure(
     title: str = "",
     affine: np.ndarray | None = None,
     units: str | None = None,
+    footer: Sequence[str] = (),
 ):
     """The inference QC panel: axial and coronal planes through the PET's centre of activity.
 
     Columns: the MRI (when given), the low-dose PET and the enhanced PET (same range, in ``units``). Volumes are
-    ``(X, Y, Z)`` on one RAS grid (axial = last axis).
+    ``(X, Y, Z)`` on one RAS grid (axial = last axis). A footer line holds ``footer`` (model version, research use)
+    and the display convention (neurological or radiological, from the affine).
 
     Returns:
         the matplotlib figure.
@@ -140,7 +152,8 @@ def qc_figure(
             where = slice_position(affine, slice_axis, int(centre[slice_axis]), volume.shape)
             axes[row, column].set_title(f"{name}\n{view}, {where}" if row == 0 else f"{view}, {where}", fontsize=9)
     figure.suptitle(title)
-    figure.tight_layout()
+    figure.text(0.5, 0.01, " | ".join(filter(None, [*footer, display_convention(sides)])), ha="center", fontsize=8)
+    figure.tight_layout(rect=(0, 0.04, 1, 1))
     return figure
 
 

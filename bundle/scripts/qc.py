@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Hashable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from monai.transforms import Transform
 
+from scripts.enhance import bundle_version
+from scripts.io.dicom import RESEARCH_USE
 from scripts.io.options import flag
 from scripts.io.studies import study_outputs
 from scripts.normalise import PET_SCALE_KEY
@@ -31,16 +34,20 @@ def _volume(image: torch.Tensor | np.ndarray | None) -> np.ndarray | None:
 class SaveQCPaneld(Transform):
     """Write ``<output_dir>/<id>/<id>_qc.png`` from ``mri``, ``pet`` and ``pred`` (RAS, same grid).
 
-    Run before the outputs are reoriented back (``Invertd``). Adds the path to ``data["outputs"]["qc_png"]``.
+    Run before the outputs are reoriented back (``Invertd``). Adds the path to ``data["outputs"]["qc_png"]``. The
+    title says "MRI-free" when the study was enhanced without an MRI; the footer gives the model version, the
+    research-use text and the display convention.
 
     Args:
         output_dir: results folder.
         enabled: ``False`` makes this a no-op (the config's ``save_qc_png`` knob).
+        model_version: written on the panel (``None``: the version in this bundle's ``configs/metadata.json``).
     """
 
-    def __init__(self, output_dir: str, enabled: bool = True) -> None:
+    def __init__(self, output_dir: str, enabled: bool = True, model_version: str | None = None) -> None:
         self.output_dir = output_dir
         self.enabled = flag(enabled, "save_qc_png")
+        self.model_version = model_version or bundle_version(Path(__file__).resolve().parents[1])
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
@@ -48,13 +55,16 @@ class SaveQCPaneld(Transform):
             return d
         path = study_outputs(self.output_dir, d["id"])["qc_png"]
         title = f"{d['id']}" + (f"  (dose reduction factor {d['drf']})" if d.get("drf") else "")
+        mri_free = d.get("mri") is None or "MRI-free" in str(d.get("method", ""))
+        title += "  MRI-free (no MRI used)" if mri_free else ""
+        footer = [f"M2Diff v{self.model_version}", RESEARCH_USE]
         affine = np.asarray(getattr(d["pet"], "affine", np.eye(4)), dtype=np.float64)
         volumes = [_volume(d.get(k)) for k in ("pet", "pred", "mri")]
         scale = float(d.get(PET_SCALE_KEY, 1.0))  # the PET images are still normalised here: back to activity units
         volumes = [v if v is None or i == 2 else v * scale for i, v in enumerate(volumes)]
         units = (d.get("units") or {}).get("input_units")  # the outputs are converted after this panel
         try:
-            save_figure(qc_figure(*volumes, title=title, affine=affine, units=units), path)
+            save_figure(qc_figure(*volumes, title=title, affine=affine, units=units, footer=footer), path)
         except Exception as exc:  # the QC picture is a convenience: its failure does not fail the study
             note = f"QC panel not written: {type(exc).__name__}: {exc}"
             logger.warning(f"study '{d['id']}': {note}")

@@ -20,6 +20,8 @@ import nibabel as nib
 import numpy as np
 
 TEMP_MARK = ".tmp-"
+#: bytes of the NIfTI-1 header's ``descrip`` field
+NIFTI_DESCRIPTION_BYTES = 80
 
 
 def _temporary_sibling(path: Path) -> Path:
@@ -108,8 +110,28 @@ def write_json(data: Any, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def nifti_description(model_version: str, units: str | None) -> str:
+    """What an enhanced NIfTI is, for its header's ``descrip``: model version, activity units and research use.
+
+    ``"M2Diff v0.8.3 enhanced PET, Bq/ml; RESEARCH USE ONLY - not for diagnosis"`` (the short research-use form
+    when the long one does not fit the field's 80 bytes).
+    """
+    from scripts.io.dicom import RESEARCH_USE, RESEARCH_USE_SHORT
+    from scripts.plotting import unit_label
+
+    for research_use in (RESEARCH_USE, RESEARCH_USE_SHORT):
+        text = f"M2Diff v{model_version} enhanced PET, {unit_label(units)}; {research_use}"
+        if len(text.encode()) <= NIFTI_DESCRIPTION_BYTES:
+            return text
+    return f"{RESEARCH_USE_SHORT}: M2Diff v{model_version}".encode()[:NIFTI_DESCRIPTION_BYTES].decode(errors="ignore")
+
+
 def write_nifti(
-    array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, template: str | os.PathLike | None = None
+    array: np.ndarray,
+    affine: np.ndarray,
+    path: str | os.PathLike,
+    template: str | os.PathLike | None = None,
+    description: str | None = None,
 ) -> Path:
     """Write a float32 NIfTI atomically.
 
@@ -119,7 +141,14 @@ def write_nifti(
         path: destination (``.nii`` or ``.nii.gz``).
         template: NIfTI file whose header (sform/qform codes, units, description) the output keeps; its affine
             must describe the same grid. ``None`` builds a fresh header from ``affine``.
+        description: the header's ``descrip`` (at most 80 bytes, e.g. :func:`nifti_description`); ``None`` keeps
+            the template's.
+
+    Raises:
+        ValueError: the grid differs from the template's, or ``description`` is longer than 80 bytes.
     """
+    if description is not None and len(description.encode()) > NIFTI_DESCRIPTION_BYTES:
+        raise ValueError(f"a NIfTI description holds {NIFTI_DESCRIPTION_BYTES} bytes, got {description!r}")
     array = np.asarray(array, dtype=np.float32)
     affine = np.asarray(affine, dtype=np.float64)
     if template is not None:
@@ -141,6 +170,8 @@ def write_nifti(
         image.set_data_dtype(np.float32)
         image.set_qform(affine, code=1)
         image.set_sform(affine, code=1)
+    if description is not None:
+        image.header["descrip"] = description.encode()
     with atomic_path(path) as tmp:
         nib.save(image, str(tmp))
     return Path(path)
