@@ -238,3 +238,60 @@ def series_values(orthanc: Orthanc, series_id: str, folder: Path) -> tuple[np.nd
     datasets.sort(key=lambda d: float(d.ImagePositionPatient[2]))
     values = np.stack([(d.pixel_array * float(d.RescaleSlope) + float(d.RescaleIntercept)).T for d in datasets], -1)
     return values, datasets
+
+
+def measure_turnaround(folder: Path, quiet_time_s: float, torch_threads: int) -> dict:
+    """Push the sample study (DICOM export of ``bundle/sample``: 95-slice PET + T1) from Orthanc to a node running the
+    shipped weights; returns the seconds from the push's start to the complete derived series in Orthanc."""
+    import re
+
+    from inference_testing import BUNDLE
+
+    from pet_simulator.dicom_export import export_subject
+
+    study = export_subject(BUNDLE / "sample", folder / "study", subject_id="sample")
+    files = sorted((folder / "study").rglob("*.dcm"))
+    slices = len(study["pet"]["sop_instance_uids"])
+    orthanc = Orthanc(folder / "orthanc")
+    settings = {"quiet_time_s": quiet_time_s, "torch_threads": torch_threads, "inference_overrides": {}}
+    node, port = start_node(folder, None, orthanc.dicom_port, "ORTHANC", **settings)
+    try:
+        orthanc.start(port)
+        study_id = orthanc.upload(files)
+        start = time.perf_counter()
+        orthanc.post("/modalities/m2diff/store", {"Resources": [study_id]})
+        pushed = time.perf_counter() - start
+
+        def result():
+            series = [s for s in orthanc.get(f"/studies/{study_id}/series") if s["MainDicomTags"].get("SeriesNumber")]
+            return [
+                s for s in series if int(s["MainDicomTags"]["SeriesNumber"]) > 1000 and len(s["Instances"]) == slices
+            ]
+
+        wait_for(result, 900, "the derived series in Orthanc", interval_s=0.1)
+        turnaround = time.perf_counter() - start
+    finally:
+        stop(node)
+        orthanc.stop()
+    log = (folder / "spool" / "audit.log").read_text()
+    received = sorted(p.stat().st_mtime for p in (folder / "spool" / "done").rglob("*.dcm") if "_output" not in str(p))
+    return {
+        "instances": len(files),
+        "quiet_time_s": quiet_time_s,
+        "torch_threads": torch_threads,
+        "push_s": round(pushed, 2),
+        "largest_gap_between_instances_s": round(float(np.max(np.diff(received))), 3),
+        "enhanced_in_s": float(re.search(r"enhanced in ([0-9.]+) s", log).group(1)),
+        "turnaround_s": round(turnaround, 1),
+        "load_average_1min": os.getloadavg()[0],
+    }
+
+
+if __name__ == "__main__":
+    # PYTHONPATH=.:bundle python tests/dicom_node_testing.py QUIET_TIME_S TORCH_THREADS [QUIET_TIME_S TORCH_THREADS ...]
+    # prints the node's turnaround on the sample study for each pair
+    import tempfile
+
+    for quiet, threads in zip(sys.argv[1::2], sys.argv[2::2]):
+        with tempfile.TemporaryDirectory() as tmp:
+            print(json.dumps(measure_turnaround(Path(tmp), float(quiet), int(threads))), flush=True)
