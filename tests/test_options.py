@@ -106,6 +106,7 @@ def test_values_the_defaults_and_the_docs_use_pass():
     good |= {"patch_size": [32, 32], "ema_decay": 0, "resume_ckpt": None, "eval_max_studies": None}
     assert option_problems(good) == []
     assert option_problems({"warm_start_timestep": "500"}) == []  # the config reads it with int()
+    assert "bundle/configs/simulate.json" in str(EXPECTED["dataset_dir"])  # a missing cohort says how to make one
     bad = {"num_inference_steps": 0, "seed": True, "ema_decay": 1.0, "warm_start_timestep": "x", "patch_size": [4]}
     assert [line.split(":")[0] for line in option_problems(bad)] == [f"option {name}" for name in bad]
     assert option_problems({"method": "m2diff"}, {"method": ["low_dose"]}) == [
@@ -117,11 +118,12 @@ def test_bad_values_on_the_command_line_print_one_line_each(tmp_path):
     output_dir = tmp_path / "out"
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
     command += ["--bundle_root", ".", "--output_dir", str(output_dir), "--num_samples", "four", "--seed", "x"]
-    command += ["--num_inference_steps", "0"]
+    command += ["--num_inference_steps", "0", "--sede", "1"]
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     result = subprocess.run(command, cwd=BUNDLE_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
-    assert [line for line in result.stderr.splitlines() if line.startswith("option ")] == [
+    assert [line for line in result.stderr.splitlines() if line.startswith(("option ", "unknown option"))] == [
+        "unknown option --sede; did you mean --seed? (see the config's _desc_ for the options)",
         "option num_inference_steps: got 0, expected an integer >= 1",
         "option num_samples: got 'four', expected an integer >= 1",
         "option seed: got 'x', expected an integer >= 0",

@@ -1,5 +1,6 @@
 """Outputs say what they are: the NIfTI header and the QC panel carry the model version, units and research use; the
-panel says how it displays the patient's sides and when no MRI was used; the log names every file written."""
+panel says how it displays the patient's sides and when no MRI was used; the log names every file written and the
+epoch a resumed training run starts after."""
 
 from __future__ import annotations
 
@@ -72,3 +73,16 @@ def test_log_names_every_file_written(tmp_path, caplog):
     assert all(path in caplog.text for path in outputs.values())
     assert str(tmp_path / "out" / "summary.json") in caplog.text and str(summary.log_file) in caplog.text
     assert summary.failure is None
+
+
+def test_resumed_training_logs_the_epoch_it_resumes_after(tmp_path, caplog):
+    import torch
+
+    from scripts.training import RESUME_KEYS, check_resume_checkpoint
+
+    checkpoint = {key: {} for key in RESUME_KEYS}
+    checkpoint["trainer"] = {"iteration": 300, "epoch_length": 100, "max_epochs": 30}
+    torch.save(checkpoint, tmp_path / "checkpoint.pt")
+    with caplog.at_level(logging.INFO, logger="scripts.training"):
+        check_resume_checkpoint(str(tmp_path / "checkpoint.pt"))
+    assert "training resumes after epoch 3 (iteration 300)" in caplog.text

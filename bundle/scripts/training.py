@@ -384,7 +384,8 @@ class EMAUpdate:
 
 
 def check_resume_checkpoint(path: str | None) -> str | None:
-    """Check that ``path`` (``resume_ckpt``) is a resumable training checkpoint, not bare network weights.
+    """Check that ``path`` (``resume_ckpt``) is a resumable training checkpoint, not bare network weights; log the
+    epoch it resumes after (ignite's own "resuming from iteration 0, epoch 0" comes before the checkpoint is loaded).
 
     Raises:
         ValueError: naming the file and pointing to ``pretrained_ckpt`` when it holds only network weights.
@@ -398,6 +399,10 @@ def check_resume_checkpoint(path: str | None) -> str | None:
             f"resume_ckpt {path} is not a training checkpoint (no {', '.join(missing)}): to fine-tune from network "
             "weights such as models/model.pt use --pretrained_ckpt instead"
         )
+    trainer = checkpoint.get("trainer") or {}
+    iteration, epoch_length = int(trainer.get("iteration", 0)), int(trainer.get("epoch_length") or 1)
+    epoch = int(trainer.get("epoch", iteration // epoch_length))
+    logger.info(f"resume_ckpt {path}: training resumes after epoch {epoch} (iteration {iteration})")
     return path
 
 
