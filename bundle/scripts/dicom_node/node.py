@@ -114,7 +114,7 @@ class DicomNode:
         port: int = 11112,
         host: str = "0.0.0.0",
         allowed_calling_aes: Sequence[str] = (),
-        quiet_time_s: float = 30.0,
+        quiet_time_s: float = 10.0,
         incomplete_timeout_s: float = 600.0,
         destination: dict | None = None,
         send_timeout_s: float = 86400.0,
