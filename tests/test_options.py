@@ -12,7 +12,18 @@ import pytest
 from workflow_testing import BUNDLE_ROOT, config_files, make_workflow
 
 from scripts.cli import user_error
-from scripts.option_checks import EXPECTED, Choice, Flag, Number, Numbers, Path, Paths, Text, option_problems
+from scripts.option_checks import (
+    EXPECTED,
+    Choice,
+    Flag,
+    Number,
+    Numbers,
+    Path,
+    Paths,
+    PerDoseLevel,
+    Text,
+    option_problems,
+)
 
 #: the workflows tested, by the configs they merge
 WORKFLOWS = {
@@ -62,7 +73,7 @@ CASES = [(name, option) for name in WORKFLOWS for option in _options(name)]
 
 def _bad_value(option: str):
     expected = EXPECTED.get(option)
-    if isinstance(expected, (Number, Numbers)):
+    if isinstance(expected, (Number, Numbers, PerDoseLevel)):
         return "four"
     if isinstance(expected, Flag):
         return "maybe" if expected.words else "false"
@@ -102,7 +113,11 @@ def test_every_checked_option_is_described():
 
 def test_values_the_defaults_and_the_docs_use_pass():
     good = {"num_samples": 4, "warm_start_timestep": "none", "consistency_fwhm_mm": "auto", "save_dicom": "false"}
-    good |= {"output_units": "SUV", "eval_dose_reduction_factors": [20, "random"], "gaussian_fwhm_mm": [4.0, 5.5]}
+    good |= {
+        "output_units": "SUV",
+        "eval_dose_reduction_factors": [20, "random"],
+        "gaussian_fwhm_mm": {100: 6.0, "20": 4},
+    }
     good |= {"patch_size": [32, 32], "ema_decay": 0, "resume_ckpt": None, "eval_max_studies": None}
     assert option_problems(good) == []
     assert option_problems({"warm_start_timestep": "500"}) == []  # the config reads it with int()

@@ -3,7 +3,7 @@
 Normalise (preprocessing: ``scripts.normalise.NormaliseStudyd``), sample (``inferer(inputs, network)``: the config's
 ``scripts.sampler.DDIMVolumeSampler``), restore (postprocessing: ``Invertd``, units, save). :class:`StudyEnhancer` is
 MONAI's ``SupervisedEvaluator`` plus per-study failure capture; :class:`StudySummaryHandler` writes the summary and
-records the failed studies, which :func:`raise_if_failed` turns into the run's failure.
+records the failed studies, which :meth:`StudySummaryHandler.raise_if_failed` turns into the run's failure.
 """
 
 from __future__ import annotations
@@ -190,7 +190,7 @@ class StudySummaryHandler:
     Args:
         output_dir: results folder.
         settings: run settings to record (steps, samples, seed ...).
-        raise_on_failure: let :func:`raise_if_failed` (the config's ``run`` step after the engine) raise
+        raise_on_failure: let :meth:`raise_if_failed` (the config's ``run`` step after the engine) raise
             :class:`StudiesFailedError` when a study failed, so that ``python -m monai.bundle run`` exits with status 1.
     """
 
@@ -293,15 +293,15 @@ class StudySummaryHandler:
                 f"{len(failed)} of {len(self.studies)} studies failed ({where}):\n{lines}"
             )
 
+    def raise_if_failed(self) -> None:
+        """The step after the engine's run: raise when a study failed, so that the run exits with status 1.
 
-def raise_if_failed(summary: StudySummaryHandler) -> None:
-    """The step after the engine's run: raise when a study failed, so that the run exits with status 1.
+        Raised here rather than in the engine's handler, so that the framework does not report it as a crash
+        (ignite's "Engine run is terminating due to exception"); the command line shows its first line once.
 
-    Raised here rather than in the engine's handler, so that the framework does not report it as a crash (ignite's
-    "Engine run is terminating due to exception"); the command line shows its first line once.
-
-    Raises:
-        StudiesFailedError: naming the failed studies, the summary and the log (unless ``raise_on_failure`` is off).
-    """
-    if summary.failure is not None and summary.raise_on_failure:
-        raise summary.failure
+        Raises:
+            StudiesFailedError: naming the failed studies, the summary and the log (unless ``raise_on_failure`` is
+                off).
+        """
+        if self.failure is not None and self.raise_on_failure:
+            raise self.failure

@@ -1,8 +1,9 @@
 """What each option of the entrypoint configs accepts, checked before any study is read.
 
 The ``run`` list of inference.json and the ``initialize`` lists of train.json and evaluate.json call
-:func:`check_options` right after ``scripts.cli.prepare_command_line``, with each option's value. A bad value stops
-the run with one line per option naming it, the value and what is expected::
+:func:`check_options` first, with each option's value (before ``scripts.cli.prepare_command_line``, whose log folder
+is built from options). A bad value stops the run with one line per option naming it, the value and what is
+expected (on the command line, with the unknown option names)::
 
     option num_samples: got 'four', expected an integer >= 1
 
@@ -119,6 +120,21 @@ class Numbers:
 
 
 @dataclass(frozen=True)
+class PerDoseLevel:
+    """One :class:`Number` ``each``, or one per dose reduction factor (``{20: 4.0, 100: 6.0}``)."""
+
+    each: Number
+
+    def accepts(self, value: Any) -> bool:
+        if not isinstance(value, Mapping):
+            return self.each.accepts(value)
+        return bool(value) and all(_parse_number(str(k)) is not None and self.each.accepts(v) for k, v in value.items())
+
+    def __str__(self) -> str:
+        return f"{self.each} or one per dose level ({{dose reduction factor: {self.each.describe(plural=True)}}})"
+
+
+@dataclass(frozen=True)
 class Text:
     """A non-empty name."""
 
@@ -198,7 +214,7 @@ class Paths:
         return isinstance(value, (list, tuple)) and all(self.each.accepts(item) for item in value)
 
     def __str__(self) -> str:
-        return f"a list of which each is {self.each}"
+        return f"a list of paths, each {self.each}"
 
 
 def _or(text: str, alternatives: Sequence[str]) -> str:
@@ -265,7 +281,7 @@ EXPECTED = {
     "eval_split": Choice(("training", "validation", "test")),
     "eval_dose_reduction_factors": Numbers(Number(0, above=True, words=DOSE_WORDS), none=True),
     "eval_max_studies": Integer(1, none=True),
-    "gaussian_fwhm_mm": Numbers(Number(0, above=True), single=True),
+    "gaussian_fwhm_mm": PerDoseLevel(Number(0)),
     "save_panels": Flag(words=False),
     "eval_dir": Path(),
 }
