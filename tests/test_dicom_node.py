@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
+import threading
 
 import nibabel as nib
 import numpy as np
@@ -70,8 +72,9 @@ def test_spool_groups_by_study_and_checks_each_study(tmp_path):
     victim.write_bytes(victim.read_bytes()[:300])
     with pytest.raises(StudyFailed, match=f"corrupt file {victim.name}"):
         study_inputs(corrupt)
-    failed = spool.move(spool.claim(corrupt), "failed", "corrupt file")
-    assert (failed / "reason.txt").read_text() == "corrupt file\n"
+    claimed = spool.claim(corrupt)
+    failed = spool.move(claimed, "failed", f"corrupt file {claimed}/x.dcm")
+    assert (failed / "reason.txt").read_text() == f"corrupt file {failed}/x.dcm\n"  # where the study now is
 
 
 @pytest.mark.skipif(shutil.which("Orthanc") is None, reason="the Orthanc binary is absent (apt-get install orthanc)")
@@ -165,6 +168,43 @@ def test_sigkill_while_enhancing_then_restart_sends_each_instance_once(tmp_path)
     assert "resuming after a restart" in (tmp_path / "node.log").read_text()
 
 
+def test_sigkill_mid_push_then_the_pacs_pushes_again_and_one_complete_series_is_sent(tmp_path):
+    weights = save_tiny_weights(tmp_path / "model.pt")
+    study = make_study(tmp_path / "study", seed=8)
+    incoming = tmp_path / "spool" / "incoming"
+    destination = CountingStorage()
+    try:
+        node, port = start_node(tmp_path, weights, destination.port, destination.ae_title)
+
+        def push_until_killed():
+            with contextlib.suppress(Exception):  # the association breaks when the node is killed
+                push(study_files(study), port)
+
+        pushing = threading.Thread(target=push_until_killed)
+        try:
+            pushing.start()
+            wait_for(lambda: len(list(incoming.glob("*/*/*.dcm"))) >= 4, 60, "4 instances", interval_s=0.005)
+            os.kill(node.pid, signal.SIGKILL)
+            node.wait(timeout=30)
+            pushing.join(timeout=60)
+        finally:
+            stop(node)
+        spooled = len(list(incoming.glob("*/*/*.dcm")))
+        assert 4 <= spooled < 2 * SLICES and destination.received == []  # killed mid-push
+
+        node, port = start_node(tmp_path, weights, destination.port, destination.ae_title)
+        try:
+            wait_for(lambda: "waiting for the rest" in (tmp_path / "spool" / "audit.log").read_text(), 30, "waiting")
+            assert set(push(study_files(study), port)) == {0x0000}  # the PACS sends the study again
+            wait_for(lambda: list((tmp_path / "spool" / "done").iterdir()), 120, "the study")
+        finally:
+            stop(node)
+    finally:
+        destination.shutdown()
+    assert len({series for series, _ in destination.received}) == 1
+    assert len({sop for _, sop in destination.received}) == len(destination.received) == SLICES
+
+
 def enhanced_study(spool: Spool, study: dict, sent: int = 0):
     """A claimed study as a node leaves it after enhancing (marker, derived series) and sending ``sent`` instances."""
     folder = spool.claim(spool_study(spool, study))
@@ -184,11 +224,13 @@ def test_resumed_send_skips_what_was_sent_and_results_wait_for_a_dead_destinatio
             destination={"host": "127.0.0.1", "port": destination.port, "ae_title": "STORESCP"}, **settings
         )
         folder, sop_uids = enhanced_study(node.spool, make_study(tmp_path / "a", seed=1, with_mri=False), sent=3)
+        (folder / "reason.txt").write_text("an earlier attempt failed\n")  # retried from failed/
         node.process(folder)
     finally:
         destination.shutdown()
     assert sorted(sop for _, sop in destination.received) == sop_uids[3:]  # killed after 3: the other 7, once
     assert [p.name for p in node.spool.folder("done").iterdir()] == [folder.name]
+    assert not (node.spool.folder("done") / folder.name / "reason.txt").exists()  # the earlier failure's is gone
 
     port = free_port()  # a destination that is down, then comes back
     node = DicomNode(destination={"host": "127.0.0.1", "port": port, "ae_title": "LATER"}, **settings)

@@ -36,7 +36,7 @@ def node(tmp_path):
     node.open_audit_log()
     node.start()
     yield node
-    node.server.shutdown()
+    node.receiver.shutdown()
     for handler in set(package.handlers) - set(handlers):
         package.removeHandler(handler)
         handler.close()

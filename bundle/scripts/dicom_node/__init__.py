@@ -1,6 +1,7 @@
 """DICOM node: receive studies (Storage SCP), enhance complete ones with inference.json, send the results (C-STORE)."""
 
 from .node import DicomNode, StudyInputs, study_inputs
+from .receiver import StorageReceiver
 from .sender import DicomSender, SendError
 from .series import StudyFailed, StudyIncomplete
 from .spool import Spool
@@ -13,5 +14,6 @@ __all__ = [
     "StudyFailed",
     "StudyIncomplete",
     "StudyInputs",
+    "StorageReceiver",
     "study_inputs",
 ]

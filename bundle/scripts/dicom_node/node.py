@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
-from pynetdicom import AE, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification
 
 from scripts.enhance import SUMMARY_NAME, bundle_version, require_weights
 
+from .receiver import StorageReceiver
 from .sender import DicomSender
 from .series import StudyFailed, StudyIncomplete, choose_pet, choose_t1, missing_slices, read_series
 from .spool import Spool, series_folders, write_durably
@@ -127,8 +126,8 @@ class DicomNode:
     ) -> None:
         self.bundle_root = os.path.abspath(bundle_root)
         self.spool = Spool(resolve(self.bundle_root, spool_dir))
-        self.ae_title, self.host, self.port = ae_title, host, int(port)
-        self.allowed_calling_aes = [str(a) for a in allowed_calling_aes]
+        self.ae_title, self.port = ae_title, int(port)
+        self.receiver = StorageReceiver(self.spool, ae_title, host, self.port, allowed_calling_aes)
         self.quiet_time_s, self.poll_interval_s = float(quiet_time_s), float(poll_interval_s)
         self.incomplete_timeout_s = float(incomplete_timeout_s)
         destination = dict(destination or {})
@@ -144,13 +143,9 @@ class DicomNode:
         }
         self.meta_file = os.path.join(self.bundle_root, "configs", "metadata.json")
         self.torch_threads, self.network_log = int(torch_threads), bool(network_log)
-        self.server = None
         self.stopping = threading.Event()
-        self._arriving: set[str] = set()  # studies whose first instance was logged
         self._waiting: dict[str, float] = {}  # incomplete studies: their newest instance's time when last checked
-        self._stored: dict[int, int] = {}  # instances stored per association
         self._unsent: dict[Path, float] = {}  # enhanced studies whose send failed: the time of the last attempt
-        self._lock = threading.Lock()
 
     @staticmethod
     def _is_path_option(key: str, value) -> bool:
@@ -205,71 +200,9 @@ class DicomNode:
                 f"{self.send_timeout_s:g} s)"
             )
 
-    # receiving -----------------------------------------------------------------------------------------------------
-    @staticmethod
-    def _peer(event) -> str:
-        requestor = event.assoc.requestor
-        called = getattr(getattr(requestor, "primitive", None), "called_ae_title", "?")
-        return f"calling AE {requestor.ae_title}, called AE {called}, peer {requestor.address}:{requestor.port}"
-
-    def _on_accepted(self, event) -> None:
-        logger.info(f"association accepted: {self._peer(event)}")
-
-    def _on_rejected(self, event) -> None:
-        requestor = event.assoc.requestor
-        called = getattr(getattr(requestor, "primitive", None), "called_ae_title", None)
-        if called != self.ae_title:
-            why = f"called AE is not {self.ae_title}"
-        elif self.allowed_calling_aes and requestor.ae_title not in self.allowed_calling_aes:
-            why = "calling AE not in allowed_calling_aes"
-        else:
-            why = "no acceptable presentation context or another protocol reason"
-        logger.warning(f"association rejected ({why}): {self._peer(event)}")
-
-    def _on_closed(self, event) -> None:
-        with self._lock:
-            stored = self._stored.pop(id(event.assoc), 0)
-        how = "aborted" if event.event is evt.EVT_ABORTED else "released"
-        logger.info(f"association {how}: {self._peer(event)}; {stored} instances stored")
-
-    def _on_store(self, event) -> int:
-        calling = event.assoc.requestor.ae_title
-        try:
-            ds = event.dataset
-            self.spool.store(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, event.encoded_dataset())
-        except (ValueError, AttributeError) as exc:
-            logger.warning(f"refused an instance from {calling}: {exc}")
-            return 0xC000  # cannot understand
-        except OSError as exc:
-            logger.error(f"could not spool an instance from {calling}: {exc}")
-            return 0xA700  # out of resources
-        with self._lock:
-            self._stored[id(event.assoc)] = self._stored.get(id(event.assoc), 0) + 1
-            first = ds.StudyInstanceUID not in self._arriving
-            self._arriving.add(ds.StudyInstanceUID)
-        if first:
-            logger.info(f"study {ds.StudyInstanceUID}: first instance received from {self._peer(event)}")
-        return 0x0000
-
     def start(self) -> None:
-        """Start the Storage SCP (and Verification) in background threads."""
-        ae = AE(ae_title=self.ae_title)
-        ae.supported_contexts = AllStoragePresentationContexts
-        ae.add_supported_context(Verification)
-        ae.require_called_aet = True
-        if self.allowed_calling_aes:
-            ae.require_calling_aet = self.allowed_calling_aes
-        else:
-            logger.warning("allowed_calling_aes is empty: any calling AE may store studies here")
-        handlers = [
-            (evt.EVT_C_STORE, self._on_store),
-            (evt.EVT_ACCEPTED, self._on_accepted),
-            (evt.EVT_REJECTED, self._on_rejected),
-            (evt.EVT_RELEASED, self._on_closed),
-            (evt.EVT_ABORTED, self._on_closed),
-        ]
-        self.server = ae.start_server((self.host, self.port), block=False, evt_handlers=handlers)
-        logger.info(f"DICOM node {self.ae_title} listening on {self.host}:{self.port}; spool {self.spool.root}")
+        """Start receiving (Storage SCP and Verification) in background threads."""
+        self.receiver.start()
 
     def stop(self, signum: int | None = None, frame=None) -> None:
         """Stop after the current study (SIGTERM/SIGINT)."""
@@ -309,7 +242,7 @@ class DicomNode:
                 self.resend()
                 self.stopping.wait(self.poll_interval_s)
         finally:
-            self.server.shutdown()
+            self.receiver.shutdown()
             logger.info(f"DICOM node {self.ae_title} stopped")
 
     def poll(self) -> None:
@@ -320,8 +253,7 @@ class DicomNode:
             claimed = self.spool.claim(study, newest)
             if claimed is None:  # an instance arrived meanwhile
                 continue
-            with self._lock:
-                self._arriving.discard(study.name)
+            self.receiver.forget(study.name)
             self.process(claimed)
 
     def resend(self) -> None:

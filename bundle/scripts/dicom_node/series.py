@@ -9,9 +9,10 @@ The T1 series: MR Image Storage, ORIGINAL, a T1 word in its description (``T1_WO
 slices; among several, the smallest voxel wins. Enhanced MR (multi-frame) is not read: a study whose only T1 is one
 is refused with that reason.
 
-A series is complete when it holds the number of slices its headers declare (NumberOfSlices, times
-NumberOfTimeSlices for dynamic PET; ImagesInAcquisition for other series) and, with or without a declared number,
-when its slice positions form a stack with no gap.
+A study without a PET series is incomplete (a push may send the MR series first). A series is complete when it
+holds the number of slices its headers declare (NumberOfSlices, times NumberOfTimeSlices for dynamic PET;
+ImagesInAcquisition for other series) and, with or without a declared number, when its slice positions form a stack
+with no gap.
 """
 
 from __future__ import annotations
@@ -163,11 +164,12 @@ def choose_pet(series: list[SeriesHeaders]) -> tuple[SeriesHeaders, list[str]]:
     """The PET series to enhance and one note per PET series left out.
 
     Raises:
+        StudyIncomplete: no PET series (yet: a push may send the MR first).
         StudyFailed: no PET series qualifies, or several do.
     """
     pets = [s for s in series if s.first.get("Modality") == "PT"]
     if not pets:
-        raise StudyFailed("no PET series in the study")
+        raise StudyIncomplete("no PET series in the study")
     skipped = [(s, _pet_exclusion(s)) for s in pets]
     notes = [f"PET series {s.name} left out: {why}" for s, why in skipped if why]
     candidates = [s for s, why in skipped if not why]

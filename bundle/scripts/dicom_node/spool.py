@@ -6,6 +6,7 @@ Layout under ``spool_dir``, one folder per study, moved (atomic renames) from st
     processing/<study>/                                                     claimed: being enhanced or sent
     done/<study>/                                                           enhanced and sent
     failed/<study>/reason.txt                                               never sent; the reason in one line
+    audit.log                                                               the node's audit log (rotated)
 
 Inside a study folder, names starting with ``_`` belong to the node: ``_output/`` (the inference results),
 ``_enhanced`` (marker: results complete), ``_sent.log`` (one SOPInstanceUID a line, appended after each C-STORE
