@@ -240,7 +240,7 @@ def series_values(orthanc: Orthanc, series_id: str, folder: Path) -> tuple[np.nd
     return values, datasets
 
 
-def measure_turnaround(folder: Path, quiet_time_s: float, torch_threads: int) -> dict:
+def measure_turnaround(folder: Path, quiet_time_s: float, threads: int) -> dict:
     """Push the sample study (DICOM export of ``bundle/sample``: 95-slice PET + T1) from Orthanc to a node running the
     shipped weights; returns the seconds from the push's start to the complete derived series in Orthanc."""
     import re
@@ -253,7 +253,7 @@ def measure_turnaround(folder: Path, quiet_time_s: float, torch_threads: int) ->
     files = sorted((folder / "study").rglob("*.dcm"))
     slices = len(study["pet"]["sop_instance_uids"])
     orthanc = Orthanc(folder / "orthanc")
-    settings = {"quiet_time_s": quiet_time_s, "torch_threads": torch_threads, "inference_overrides": {}}
+    settings = {"quiet_time_s": quiet_time_s, "threads": threads, "inference_overrides": {}}
     node, port = start_node(folder, None, orthanc.dicom_port, "ORTHANC", **settings)
     try:
         orthanc.start(port)
@@ -278,7 +278,7 @@ def measure_turnaround(folder: Path, quiet_time_s: float, torch_threads: int) ->
     return {
         "instances": len(files),
         "quiet_time_s": quiet_time_s,
-        "torch_threads": torch_threads,
+        "threads": threads,
         "push_s": round(pushed, 2),
         "largest_gap_between_instances_s": round(float(np.max(np.diff(received))), 3),
         "enhanced_in_s": float(re.search(r"enhanced in ([0-9.]+) s", log).group(1)),
@@ -288,7 +288,7 @@ def measure_turnaround(folder: Path, quiet_time_s: float, torch_threads: int) ->
 
 
 if __name__ == "__main__":
-    # PYTHONPATH=.:bundle python tests/dicom_node_testing.py QUIET_TIME_S TORCH_THREADS [QUIET_TIME_S TORCH_THREADS ...]
+    # PYTHONPATH=.:bundle python tests/dicom_node_testing.py QUIET_TIME_S THREADS [QUIET_TIME_S THREADS ...]
     # prints the node's turnaround on the sample study for each pair
     import tempfile
 

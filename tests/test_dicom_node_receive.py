@@ -147,6 +147,17 @@ def test_a_study_is_not_claimed_when_an_instance_arrived_after_it_was_listed(tmp
     assert spool.claim(study, newest) == spool.folder("processing") / "1.2.3"
 
 
+def identity_onnx(path):
+    """A one-node ONNX graph (the start-up check only loads it)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    tensor = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1]) for name in ("x", "y")]
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity", tensor[:1], tensor[1:])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
 def test_start_up_checks(tmp_path, caplog):
     weights = save_tiny_weights(tmp_path / "model.pt")
     destination = CountingStorage()
@@ -169,6 +180,15 @@ def test_start_up_checks(tmp_path, caplog):
                 inference_config_file=str(BUNDLE / "configs" / "inference.json"),
                 **{**settings, "bundle_root": str(tmp_path)},
             ).check()
+        onnx_settings = {**settings, "inference_config_file": ["configs/inference.json", "configs/inference_onnx.json"]}
+        onnx_node = DicomNode(
+            inference_overrides={"onnx_path": str(identity_onnx(tmp_path / "m.onnx"))}, **onnx_settings
+        )
+        onnx_node.check()  # an ONNX graph is loaded by ONNX Runtime, not torch
+        assert onnx_node.inference_overrides["onnx_threads"] == 1  # the node's threads option
+        (tmp_path / "bad.onnx").write_bytes(b"not a graph")
+        with pytest.raises(RuntimeError, match="bad.onnx cannot be loaded"):
+            DicomNode(inference_overrides={"onnx_path": str(tmp_path / "bad.onnx")}, **onnx_settings).check()
         with caplog.at_level(logging.INFO, logger="scripts.dicom_node"):
             DicomNode(inference_overrides={"ckpt_path": str(weights)}, **settings).check()
     finally:

@@ -101,7 +101,8 @@ class DicomNode:
         inference_config_file: config file(s) of the inference workflow (e.g. with ``configs/inference_onnx.json``).
         inference_overrides: overrides of the inference config (``num_inference_steps``, ``ckpt_path`` ...).
         poll_interval_s: how often the spool is checked for quiet studies.
-        torch_threads: torch's intra-op threads (0: torch's default, every core).
+        threads: torch's intra-op threads and, unless ``inference_overrides`` names them, ONNX Runtime's
+            (``onnx_threads``); 0: the libraries' defaults (every core).
         network_log: log pynetdicom's per-message details (off: its warnings and errors only).
     """
 
@@ -121,7 +122,7 @@ class DicomNode:
         inference_config_file: str | Sequence[str] = "configs/inference.json",
         inference_overrides: dict | None = None,
         poll_interval_s: float = 1.0,
-        torch_threads: int = 1,
+        threads: int = 1,
         network_log: bool = False,
     ) -> None:
         self.bundle_root = os.path.abspath(bundle_root)
@@ -142,7 +143,9 @@ class DicomNode:
             for key, value in dict(inference_overrides or {}).items()
         }
         self.meta_file = os.path.join(self.bundle_root, "configs", "metadata.json")
-        self.torch_threads, self.network_log = int(torch_threads), bool(network_log)
+        self.threads, self.network_log = int(threads), bool(network_log)
+        if self.threads > 0:
+            self.inference_overrides.setdefault("onnx_threads", self.threads)  # unused without ONNX Runtime
         self.stopping = threading.Event()
         self._waiting: dict[str, float] = {}  # incomplete studies: their newest instance's time when last checked
         self._unsent: dict[Path, float] = {}  # enhanced studies whose send failed: the time of the last attempt
@@ -167,8 +170,9 @@ class DicomNode:
         return path
 
     def check(self) -> None:
-        """Start-up checks: the inference configs exist and parse, the weights load (sha256 logged and compared with
-        ``<weights>.sha256``), the destination answers C-ECHO (a warning when it does not).
+        """Start-up checks: the inference configs exist and parse, the weights load (a state_dict with torch, an
+        ``.onnx`` graph with ONNX Runtime; sha256 logged and compared with ``<weights>.sha256``), the destination
+        answers C-ECHO (a warning when it does not).
 
         Raises:
             FileNotFoundError: a config file or the weights are missing.
@@ -188,7 +192,12 @@ class DicomNode:
         parser.update({"bundle_root": self.bundle_root, **self.inference_overrides})
         weights = require_weights(str(parser.get_parsed_content("ckpt_path")))
         try:
-            torch.load(weights, map_location="cpu", weights_only=True)
+            if weights.endswith(".onnx"):
+                import onnxruntime
+
+                onnxruntime.InferenceSession(weights, providers=["CPUExecutionProvider"])
+            else:
+                torch.load(weights, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: B902 - torch raises many types for a damaged file
             raise RuntimeError(f"network weights {weights} cannot be loaded: {type(exc).__name__}: {exc}") from exc
         if self.sender.echo():
@@ -220,10 +229,10 @@ class DicomNode:
             f"inference {self.inference_config_file}, quiet {self.quiet_time_s:g} s, incomplete timeout "
             f"{self.incomplete_timeout_s:g} s, destination {self.sender}"
         )
-        if self.torch_threads > 0:
+        if self.threads > 0:
             import torch
 
-            torch.set_num_threads(self.torch_threads)
+            torch.set_num_threads(self.threads)
         try:
             self.check()
         except Exception as exc:
