@@ -147,6 +147,7 @@ class CountingStorage:
     def __init__(self, ae_title: str = "STORESCP", port: int | None = None) -> None:
         self.ae_title, self.port = ae_title, port or free_port()
         self.received: list[tuple[str, str]] = []  # (SeriesInstanceUID, SOPInstanceUID)
+        self.datasets: list = []  # what was received, in order
         self.lock = threading.Lock()
         ae = AE(ae_title=ae_title)
         ae.supported_contexts = AllStoragePresentationContexts
@@ -158,6 +159,7 @@ class CountingStorage:
     def _store(self, event) -> int:
         with self.lock:
             self.received.append((event.dataset.SeriesInstanceUID, event.dataset.SOPInstanceUID))
+            self.datasets.append(event.dataset)
         return 0x0000
 
     def shutdown(self) -> None:

@@ -86,7 +86,8 @@ def test_orthanc_round_trip(tmp_path):
         "broken": make_study(tmp_path / "broken", seed=3, missing_slice=4),
     }
     orthanc = Orthanc(tmp_path / "orthanc")
-    node, port = start_node(tmp_path, weights, orthanc.dicom_port, "ORTHANC", incomplete_timeout_s=4)
+    settings = {"incomplete_timeout_s": 4, "report_failures": True}
+    node, port = start_node(tmp_path, weights, orthanc.dicom_port, "ORTHANC", **settings)
     try:
         orthanc.start(port)
         assert orthanc.post("/modalities/m2diff/echo", {}) == {}  # C-ECHO from the PACS
@@ -96,11 +97,12 @@ def test_orthanc_round_trip(tmp_path):
         for name in ids:  # the PACS pushes the three studies at once
             orthanc.post("/modalities/m2diff/store", {"Resources": [ids[name]], "Asynchronous": True})
 
-        def derived(name):
+        def derived(name, modality="PT"):
             return [
                 s
                 for s in orthanc.get(f"/studies/{ids[name]}/series")
                 if "M2Diff" in s["MainDicomTags"].get("SeriesDescription", "")  # "RESEARCH ONLY: M2Diff ..."
+                and s["MainDicomTags"].get("Modality") == modality
             ]
 
         def arrived():
@@ -108,6 +110,8 @@ def test_orthanc_round_trip(tmp_path):
 
         wait_for(arrived, 240, "the derived series in Orthanc")
         failed = wait_for(lambda: list((tmp_path / "spool" / "failed").iterdir()), 60, "the broken study to fail")
+        reports = wait_for(lambda: derived("broken", "SR"), 30, "the failure report in Orthanc")
+        other_reports = [derived(name, "SR") for name in ("guided", "free")]
         orthanc_series = {name: derived(name) for name in ids}
         downloaded = {n: series_values(orthanc, s[0]["ID"], tmp_path / n) for n, s in orthanc_series.items() if s}
     finally:
@@ -116,6 +120,7 @@ def test_orthanc_round_trip(tmp_path):
     log = (tmp_path / "node.log").read_text()
 
     assert orthanc_series["broken"] == []  # never sent
+    assert [len(s["Instances"]) for s in reports] == [1] and other_reports == [[], []]  # a report for the failure only
     assert [f.name for f in failed] == [studies["broken"]["study_uid"]]
     assert (
         "PET series" in (failed[0] / "reason.txt").read_text()

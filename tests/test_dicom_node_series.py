@@ -10,6 +10,7 @@ from dicom_node_testing import CountingStorage, copy_series, make_study, study_f
 from inference_testing import BUNDLE
 
 from scripts.dicom_node import DicomNode, Spool, StudyFailed, StudyIncomplete, study_inputs
+from scripts.dicom_node.report import BASIC_TEXT_SR
 from scripts.dicom_node.series import ENHANCED_MR_STORAGE, declared_slices, read_series
 
 SLICES = 10
@@ -97,7 +98,7 @@ def test_completeness_from_the_headers(tmp_path):
     assert declared_slices(series) == 3 * SLICES  # NumberOfSlices x NumberOfTimeSlices
 
 
-def test_an_incomplete_study_waits_then_fails_with_the_count_and_nothing_is_sent(tmp_path, caplog):
+def test_an_incomplete_study_waits_then_fails_with_the_count_and_only_a_failure_report_is_sent(tmp_path, caplog):
     destination = CountingStorage()
     try:
         destination_settings = {"host": "127.0.0.1", "port": destination.port, "ae_title": destination.ae_title}
@@ -107,6 +108,7 @@ def test_an_incomplete_study_waits_then_fails_with_the_count_and_nothing_is_sent
             quiet_time_s=0,
             incomplete_timeout_s=3600,
             destination=destination_settings,
+            report_failures=True,
         )
         study = make_study(tmp_path / "study", seed=6, with_mri=False)
         pet = sorted(study["pet"].iterdir())
@@ -125,5 +127,9 @@ def test_an_incomplete_study_waits_then_fails_with_the_count_and_nothing_is_sent
     finally:
         destination.shutdown()
     reason = (node.spool.folder("failed") / folder.name / "reason.txt").read_text()
-    assert reason.startswith("incomplete, no instance for 0 s, nothing sent") and "4 of 10 slices received" in reason
-    assert destination.received == [] and not folder.exists()
+    assert reason.startswith("incomplete, no instance for 0 s, no result sent") and "4 of 10 slices received" in reason
+    assert not folder.exists() and len(destination.datasets) == 1  # the report, no enhanced instance
+    report = destination.datasets[0]
+    assert (report.SOPClassUID, report.Modality, report.StudyInstanceUID) == (BASIC_TEXT_SR, "SR", folder.name)
+    assert report.PatientID == pydicom.dcmread(pet[0]).PatientID and report.SeriesDescription.startswith("RESEARCH")
+    assert report.ContentSequence[0].TextValue.startswith(reason.strip())

@@ -25,6 +25,7 @@ import pydicom
 from scripts.enhance import SUMMARY_NAME, bundle_version, require_weights
 
 from .receiver import StorageReceiver
+from .report import failure_report
 from .sender import DicomSender
 from .series import StudyFailed, StudyIncomplete, choose_pet, choose_t1, missing_slices, read_series
 from .spool import Spool, series_folders, write_durably
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 STUDY_ID = "study"
 ENHANCED_MARKER, SENT_MARKER, OUTPUT_DIR = "_enhanced", "_sent", "_output"
 AUDIT_LOG, AUDIT_LOG_BYTES, AUDIT_LOG_BACKUPS = "audit.log", 10_000_000, 5
+REPORT_FILE = "_report/failure_report.dcm"
 #: override keys of the inference config that name files or folders (resolved against the bundle root)
 PATH_SUFFIXES = ("_path", "_file", "_dir")
 
@@ -104,6 +106,7 @@ class DicomNode:
         threads: torch's intra-op threads and, unless ``inference_overrides`` names them, ONNX Runtime's
             (``onnx_threads``); 0: the libraries' defaults (every core).
         network_log: log pynetdicom's per-message details (off: its warnings and errors only).
+        report_failures: send a failed study's reason to the destination as a Basic Text SR in the patient's study.
     """
 
     def __init__(
@@ -124,6 +127,7 @@ class DicomNode:
         poll_interval_s: float = 1.0,
         threads: int = 1,
         network_log: bool = False,
+        report_failures: bool = False,
     ) -> None:
         self.bundle_root = os.path.abspath(bundle_root)
         self.spool = Spool(resolve(self.bundle_root, spool_dir))
@@ -143,7 +147,7 @@ class DicomNode:
             for key, value in dict(inference_overrides or {}).items()
         }
         self.meta_file = os.path.join(self.bundle_root, "configs", "metadata.json")
-        self.threads, self.network_log = int(threads), bool(network_log)
+        self.threads, self.network_log, self.report_failures = int(threads), bool(network_log), bool(report_failures)
         if self.threads > 0:
             self.inference_overrides.setdefault("onnx_threads", self.threads)  # unused without ONNX Runtime
         self.stopping = threading.Event()
@@ -319,11 +323,24 @@ class DicomNode:
         except Exception as exc:  # noqa: B902 - one bad study must not stop the node (or fail again at each restart)
             reason = str(exc) if isinstance(exc, StudyFailed) else f"unexpected error: {type(exc).__name__}: {exc}"
             if isinstance(exc, StudyIncomplete):
-                reason = f"incomplete, no instance for {self.incomplete_timeout_s:g} s, nothing sent: {reason}"
+                reason = f"incomplete, no instance for {self.incomplete_timeout_s:g} s, no result sent: {reason}"
             elif not isinstance(exc, StudyFailed):
                 logger.exception(f"study {study.name}: unexpected error")
+            if self.report_failures:
+                self.report_failure(study, reason)
             target = self.spool.move(study, "failed", reason)
             logger.error(f"study {study.name}: failed: {reason} (moved to {target})")
+
+    def report_failure(self, study: Path, reason: str) -> None:
+        """Send the reason to the destination as a short report (:mod:`.report`); a warning when it cannot be."""
+        try:
+            source = next(f for series in series_folders(study) for f in sorted(series.glob("*.dcm")))
+            header = pydicom.dcmread(source, stop_before_pixels=True)
+            report = failure_report(header, reason, bundle_version(self.bundle_root), study / REPORT_FILE)
+            self.sender.send([report], study)
+            logger.info(f"study {study.name}: failure report sent to {self.sender}")
+        except Exception as exc:  # noqa: B902 - the study fails anyway; the report is a courtesy
+            logger.warning(f"study {study.name}: failure report not sent: {type(exc).__name__}: {exc}")
 
     def enhance(self, study: Path, pet: Path, mri: Path | None) -> None:
         """Run the inference workflow on the study; writes ``_output/`` and the ``_enhanced`` marker."""
