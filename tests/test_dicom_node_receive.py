@@ -194,7 +194,10 @@ def test_start_up_checks(tmp_path, caplog):
     finally:
         destination.shutdown()
     assert f"destination STORESCP@127.0.0.1:{destination.port} answers C-ECHO" in caplog.text
+    assert re.search(rf"network weights {weights}: sha256 [0-9a-f]{{64}}$", caplog.text, re.M)
+    (tmp_path / "model.pt.sha256").write_text("0" * 64 + "  model.pt\n")  # a recorded digest that differs
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="scripts.dicom_node"):
         DicomNode(inference_overrides={"ckpt_path": str(weights)}, **settings).check()  # the PACS is down: a warning
     assert [r.levelname for r in caplog.records if "does not answer C-ECHO" in r.message] == ["WARNING"]
+    assert [r.levelname for r in caplog.records if f"not the {'0' * 64} recorded" in r.message] == ["WARNING"]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pydicom
 
-from scripts.enhance import SUMMARY_NAME, bundle_version, require_weights
+from scripts.enhance import SUMMARY_NAME, bundle_version, file_sha256, require_weights
 
 from .receiver import StorageReceiver
 from .report import failure_report
@@ -204,6 +204,7 @@ class DicomNode:
                 torch.load(weights, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: B902 - torch raises many types for a damaged file
             raise RuntimeError(f"network weights {weights} cannot be loaded: {type(exc).__name__}: {exc}") from exc
+        self._log_weights(Path(weights))
         if self.sender.echo():
             logger.info(f"destination {self.sender} answers C-ECHO")
         else:
@@ -212,6 +213,15 @@ class DicomNode:
                 f"results wait in the spool (sent again every {self.retry_interval_s:g} s for "
                 f"{self.send_timeout_s:g} s)"
             )
+
+    @staticmethod
+    def _log_weights(weights: Path) -> None:
+        digest, recorded = file_sha256(weights), weights.with_name(f"{weights.name}.sha256")
+        expected = recorded.read_text().split()[0] if recorded.is_file() and recorded.read_text().strip() else None
+        if expected not in (None, digest):
+            logger.warning(f"network weights {weights}: sha256 {digest}, not the {expected} recorded in {recorded}")
+        else:
+            logger.info(f"network weights {weights}: sha256 {digest}" + (" (as recorded)" if expected else ""))
 
     def start(self) -> None:
         """Start receiving (Storage SCP and Verification) in background threads."""
