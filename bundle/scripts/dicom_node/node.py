@@ -1,9 +1,10 @@
 """A DICOM node: a Storage SCP that spools studies, enhances each complete and quiet study with inference.json, and
 sends the derived PET series back to a destination AE (a PACS) with C-STORE.
 
-Its audit log (``<spool_dir>/audit.log``, rotated) has one line per event: start, association accepted / rejected /
-released (calling AE, called AE, peer address), a study's first instance, ``received`` (instance counts and the
-series chosen), ``waiting`` (incomplete), ``enhanced``, ``sent`` (the derived series UID), ``failed: <reason>``, stop.
+Its audit log (``<spool_dir>/audit.log``, rotated) has one line per event: start (and the start-up checks),
+association accepted / rejected / released (:mod:`.receiver`), a study's first instance, ``received`` (instance
+counts), the series chosen and left out, ``waiting for the rest`` (incomplete), ``enhanced``, ``could not send``,
+``sent`` (the derived series UID), ``failed: <reason>`` (and the failure report, with ``report_failures``), stop.
 """
 
 from __future__ import annotations
@@ -261,8 +262,11 @@ class DicomNode:
                 logger.info(f"study {study.name}: resuming after a restart")
                 self.process(study)
             while not self.stopping.is_set():
-                self.poll()
-                self.resend()
+                try:
+                    self.poll()
+                    self.resend()
+                except Exception:  # noqa: B902 - receiving goes on; the spool is re-read at the next poll
+                    logger.exception("error while polling the spool")
                 self.stopping.wait(self.poll_interval_s)
         finally:
             self.receiver.shutdown()
@@ -300,7 +304,7 @@ class DicomNode:
                 logger.info(f"study {study.name}: waiting for the rest: {exc}")
                 self._waiting[study.name] = newest
                 return False
-        except StudyFailed:
+        except Exception:  # noqa: B902 - processing moves the study to failed/ with the reason
             pass
         self._waiting.pop(study.name, None)
         return True
@@ -331,6 +335,7 @@ class DicomNode:
             self.spool.move(study, "done")
             logger.info(f"study {study.name}: sent {sent} instances of derived series {derived_uid} to {self.sender}")
         except Exception as exc:  # noqa: B902 - one bad study must not stop the node (or fail again at each restart)
+            self._unsent.pop(study, None)
             reason = str(exc) if isinstance(exc, StudyFailed) else f"unexpected error: {type(exc).__name__}: {exc}"
             if isinstance(exc, StudyIncomplete):
                 reason = f"incomplete, no instance for {self.incomplete_timeout_s:g} s, no result sent: {reason}"
