@@ -229,6 +229,7 @@ def choose_t1(series: list[SeriesHeaders]) -> tuple[SeriesHeaders | None, list[s
         )
     if not classic:
         return None, notes
+    notes += [f"MR series {s.name} left out: Enhanced MR (multi-frame), not read" for s in enhanced]
     classic.sort(key=lambda s: (_voxel_volume(s), -len(s.files), s.name))
     notes += [f"MR series {s.name} left out: a larger voxel than {classic[0].name}" for s in classic[1:]]
     return classic[0], notes

@@ -10,8 +10,9 @@ Layout under ``spool_dir``, one folder per study, moved (atomic renames) from st
 
 Inside a study folder, names starting with ``_`` belong to the node: ``_output/`` (the inference results),
 ``_enhanced`` (marker: results complete), ``_sent.log`` (one SOPInstanceUID a line, appended after each C-STORE
-success) and ``_sent`` (marker: everything sent). A node restarted after a crash resumes ``processing/`` studies from
-these markers, so a study is enhanced once and each instance is sent once.
+success), ``_sent`` (marker: everything sent), ``_datalist.json`` and ``_report/`` (a failure report). A node
+restarted after a crash resumes ``processing/`` studies from these markers, so a study is enhanced once and each
+instance is sent once.
 """
 
 from __future__ import annotations
