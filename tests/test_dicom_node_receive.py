@@ -201,3 +201,27 @@ def test_start_up_checks(tmp_path, caplog):
         DicomNode(inference_overrides={"ckpt_path": str(weights)}, **settings).check()  # the PACS is down: a warning
     assert [r.levelname for r in caplog.records if "does not answer C-ECHO" in r.message] == ["WARNING"]
     assert [r.levelname for r in caplog.records if f"not the {'0' * 64} recorded" in r.message] == ["WARNING"]
+
+
+def test_audit_log_rotates_and_pynetdicom_chatter_is_off_by_default(tmp_path):
+    package, network = logging.getLogger("scripts.dicom_node"), logging.getLogger("pynetdicom")
+    handlers, level = list(package.handlers), network.level
+    destination = {"host": "127.0.0.1", "port": free_port(), "ae_title": "PACS"}
+    try:
+        quiet = DicomNode(bundle_root=str(BUNDLE), spool_dir=str(tmp_path / "a"), destination=destination)
+        path = quiet.open_audit_log()
+        assert network.level == logging.WARNING and path == tmp_path / "a" / AUDIT_LOG
+        [added] = set(package.handlers) - set(handlers)
+        assert (added.maxBytes, added.backupCount) == (10_000_000, 5)
+        quiet.open_audit_log()
+        assert len(package.handlers) == len(handlers) + 1  # opened once
+        chatty = DicomNode(
+            bundle_root=str(BUNDLE), spool_dir=str(tmp_path / "b"), network_log=True, destination=destination
+        )
+        chatty.open_audit_log()
+        assert network.level == logging.DEBUG
+    finally:
+        for handler in set(package.handlers) - set(handlers):
+            package.removeHandler(handler)
+            handler.close()
+        network.setLevel(level)
