@@ -12,6 +12,8 @@ from scripts.consistency import (
     low_frequency_consistency,
     measured_noise,
     physical_activity,
+    residual_noise,
+    restore_significant_residual,
 )
 from scripts.constants import FWHM_PER_SIGMA
 
@@ -104,3 +106,48 @@ def test_adaptive_cutoff_widens_with_noise_and_voxel_size_within_bounds():
     assert adaptive_cutoff_mm(50.0, [2.0, 2.0, 2.0], 0.6) == ADAPTIVE_CUTOFF_BOUNDS_MM[1]
     with pytest.raises(ValueError, match="noise_pct"):
         adaptive_cutoff_mm(0.2, [2.0, 2.0, 2.0], 0)
+
+
+def _lesion_study(contrast: float, seed: int = 0, shape=(56, 56, 40)):
+    """A uniform 'brain' ball, a 14 mm sphere of ``contrast`` in its low-dose image (voxel noise 15 %, 2 mm voxels,
+    correlated like a reconstruction's), and an 'enhanced' image that erased the sphere."""
+    rng = np.random.default_rng(seed)
+    grid = np.indices(shape).transpose(1, 2, 3, 0) - np.array(shape) / 2
+    brain = (np.linalg.norm(grid, axis=-1) < 24).astype(np.float32)
+    sphere = np.linalg.norm(grid - np.array([10, 0, 0]), axis=-1) <= 3.5
+    noise = GaussianSmooth(sigma=0.8)(torch.from_numpy(rng.standard_normal(shape).astype(np.float32))[None])[0]
+    noise = noise.numpy() / float(noise.std())
+    low_dose = brain * (1 + (contrast - 1) * sphere) + 0.15 * brain * noise
+    return [torch.from_numpy(a.astype(np.float32))[None] for a in (brain, low_dose)] + [sphere]
+
+
+@pytest.mark.parametrize("contrast", [2.0, 0.4])
+def test_a_lesion_the_network_erased_comes_back_and_the_departure_map_marks_it(contrast):
+    enhanced, low_dose, sphere = _lesion_study(contrast)
+    restored, departure = restore_significant_residual(enhanced, low_dose, [2.0] * 3, threshold=3.5)
+    inside = enhanced[0].numpy() > 0.5
+    lesion_change = float(restored[0].numpy()[sphere].mean() - 1)
+    assert 0.4 < lesion_change / (contrast - 1) < 1.1  # erased before: 0; given back at 5.7 mm, so a 14 mm sphere
+    # keeps about half to three quarters of its contrast
+    assert departure[0].numpy()[sphere].max() > 6
+    far = inside & (np.linalg.norm(np.indices(sphere.shape).transpose(1, 2, 3, 0) - [38, 28, 20], axis=-1) > 10)
+    assert np.mean(departure[0].numpy()[far] > 3.5) < 0.01  # noise is rarely flagged
+    assert float(np.abs(restored[0].numpy() - enhanced[0].numpy())[far].mean()) < 0.02  # and rarely given back
+
+
+def test_noise_alone_gives_back_almost_nothing_and_the_threshold_must_be_positive():
+    enhanced, low_dose, _ = _lesion_study(1.0, seed=1)
+    restored, departure = restore_significant_residual(enhanced, low_dose, [2.0] * 3, threshold=3.5)
+    assert float((restored - enhanced).abs().mean()) < 0.01 * float(enhanced.mean())
+    assert 0.5 < float(departure[0][enhanced[0] > 0.5].median()) < 2.0  # |z| of noise: about 0.67 SD at the median
+    with pytest.raises(ValueError, match="> 0 noise SDs"):
+        restore_significant_residual(enhanced, low_dose, [2.0] * 3, threshold=0)
+
+
+def test_residual_noise_follows_the_local_activity():
+    rng = np.random.default_rng(2)
+    activity = torch.from_numpy(np.repeat(np.linspace(1, 4, 40), 40 * 20).reshape(40, 40, 20).astype(np.float32))
+    band = activity * torch.from_numpy(rng.standard_normal((40, 40, 20)).astype(np.float32))  # SD = activity
+    sd = residual_noise(band[None], activity[None])[0]
+    assert float(sd[5].mean()) == pytest.approx(float(activity[5].mean()), rel=0.15)
+    assert float(sd[35].mean()) == pytest.approx(float(activity[35].mean()), rel=0.15)

@@ -35,7 +35,14 @@ def phantom():
     lesions[_ball(shape, (16, 24, 20), 3)] = 1
     lesions[_ball(shape, (32, 24, 20), 3)] = 2
     reference = lesion_free * np.where(lesions == 1, 2.0, 1.0) * np.where(lesions == 2, 0.5, 1.0)
-    return {"brain": brain, "anatomy": anatomy, "field": field, "free": lesion_free, "ref": reference, "lesions": lesions}
+    return {
+        "brain": brain,
+        "anatomy": anatomy,
+        "field": field,
+        "free": lesion_free,
+        "ref": reference,
+        "lesions": lesions,
+    }
 
 
 def test_recovery_is_one_for_the_reference_zero_for_the_lesion_free_image_and_linear_between(phantom):

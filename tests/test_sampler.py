@@ -226,3 +226,16 @@ def test_automatic_data_consistency_widens_the_cut_off_for_a_noisier_study():
     for wrong in ("wide", -8):
         with pytest.raises(ValueError, match="'auto'"):
             DDIMVolumeSampler(1, consistency_fwhm_mm=wrong)
+
+
+def test_significance_consistency_keeps_a_departure_map_per_study_and_rejects_negative_values():
+    net = LinearNet()
+    study = torch.ones(1, 2, 24, 24, 16)
+    study[:, :1] += 0.3 * torch.randn((1, 1, 24, 24, 16), generator=torch.Generator().manual_seed(1))
+    plain = DDIMVolumeSampler(1, progress=False, consistency_fwhm_mm="auto")
+    sampler = DDIMVolumeSampler(1, progress=False, consistency_fwhm_mm="auto", consistency_significance=3.5)
+    out = sampler(torch.cat([study, study]), net, voxel_size_mm=[2.0, 2.0, 2.0])
+    assert len(sampler.departure_maps) == 2 and sampler.departure_maps[0].shape == (1, 1, 24, 24, 16)
+    assert out[:1].shape == plain(study, net, voxel_size_mm=[2.0] * 3).shape and plain.departure_maps == []
+    with pytest.raises(ValueError, match="consistency_significance"):
+        DDIMVolumeSampler(1, consistency_significance=-1)

@@ -23,7 +23,7 @@ from monai.networks.schedulers import DDPMScheduler
 from torch import nn
 from tqdm import tqdm
 
-from scripts.consistency import consistent_with_measurement, physical_activity
+from scripts.consistency import consistent_with_measurement, physical_activity, restore_significant_residual
 
 NUM_TRAIN_TIMESTEPS = 1000
 
@@ -92,6 +92,10 @@ class DDIMVolumeSampler(Inferer):
             last call got is in :attr:`consistency_cutoffs_mm`.
         consistency_noise_pct: with ``"auto"``, the low-dose noise (% of the activity, white-noise model) that the
             data consistency may bring back.
+        consistency_significance: after the low-frequency consistency, give back what the low-dose image shows
+            beyond this many noise SDs at any scale from 4 to 16 mm
+            (``scripts.consistency.restore_significant_residual``; each study's departure map is kept in
+            :attr:`departure_maps`); None or 0: off.
     """
 
     def __init__(
@@ -106,6 +110,7 @@ class DDIMVolumeSampler(Inferer):
         use_mri: bool = True,
         consistency_fwhm_mm: float | str | None = None,
         consistency_noise_pct: float = 0.6,
+        consistency_significance: float | None = None,
     ) -> None:
         super().__init__()
         if num_samples < 1 or slice_batch_size < 1:
@@ -130,6 +135,12 @@ class DDIMVolumeSampler(Inferer):
             raise ValueError(f"consistency_noise_pct must be > 0, got {consistency_noise_pct}")
         self.consistency_noise_pct = float(consistency_noise_pct)
         self.consistency_cutoffs_mm: list[float] = []
+        if consistency_significance is not None and float(consistency_significance) < 0:
+            raise ValueError(
+                f"consistency_significance must be a number of noise SDs > 0 or null, got {consistency_significance}"
+            )
+        self.consistency_significance = float(consistency_significance or 0)
+        self.departure_maps: list[torch.Tensor] = []
         self.alphas_cumprod = make_noise_scheduler().alphas_cumprod.double()
         self.network_calls = 0
 
@@ -155,6 +166,7 @@ class DDIMVolumeSampler(Inferer):
             raise ValueError(f"expected inputs (B, 1 or 2, H, W, D) = [low-dose PET, MRI], got {tuple(inputs.shape)}")
         self.network_calls = 0
         self.consistency_cutoffs_mm = []
+        self.departure_maps = []
         with_mri = self.use_mri and inputs.shape[1] == 2
         studies = [
             self.sample_study(network, study[None, :1], study[None, 1:2] if with_mri else None, **kwargs)
@@ -186,6 +198,14 @@ class DDIMVolumeSampler(Inferer):
             )
             enhanced = corrected[None]
         self.consistency_cutoffs_mm.append(float(cutoff_mm))
+        if self.consistency_significance:
+            if voxel_size_mm is None:
+                raise ValueError("the significance consistency needs the study's voxel size (voxel_size_mm)")
+            restored, departure = restore_significant_residual(
+                enhanced[0], pet_low_dose[0].float().cpu(), voxel_size_mm, self.consistency_significance
+            )
+            enhanced = restored[None]
+            self.departure_maps.append(departure[None])
         return physical_activity(enhanced)
 
     def _sample(self, network: nn.Module, pet_low_dose: torch.Tensor, mri_t1: torch.Tensor | None) -> torch.Tensor:
