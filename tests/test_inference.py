@@ -67,6 +67,8 @@ def test_nifti_study_units_restored_and_grid_kept(tmp_path, weights, capsys):
         enhanced = _enhanced(out, study_id)
         assert enhanced.shape == source.shape and enhanced.get_data_dtype() == np.float32
         np.testing.assert_array_equal(enhanced.affine, source.affine)
+        description = enhanced.header["descrip"].tobytes().decode().rstrip("\x00")
+        assert description.startswith("M2Diff v") and "Bq/ml" in description and "RESEARCH USE" in description
     one, ten = _enhanced(out, "s1").get_fdata(), _enhanced(out, "s10").get_fdata()
     np.testing.assert_allclose(ten, 10 * one, rtol=1e-4, atol=1e-4 * np.abs(ten).max())
     assert status["pet_only"]["mri_free"] and not status["s1"]["mri_free"]
@@ -155,7 +157,9 @@ def test_dicom_study_round_trip_with_suv_samples_and_qc(tmp_path, weights):
     # SUV: the same enhancement (num_samples differs, so compare the single-sample run with a Bq/ml rerun)
     run_workflow(datalist, tmp_path / "out_bq1", weights)
     factor = suv_calibration(source, pet_folder).factor
-    suv = nib.load(str(out_suv / "pet_dicom" / "pet_dicom_enhanced.nii.gz")).get_fdata()
+    suv_image = nib.load(str(out_suv / "pet_dicom" / "pet_dicom_enhanced.nii.gz"))
+    assert "SUV" in suv_image.header["descrip"].tobytes().decode()
+    suv = suv_image.get_fdata()
     bq = nib.load(str(tmp_path / "out_bq1" / "pet_dicom" / "pet_dicom_enhanced.nii.gz")).get_fdata()
     np.testing.assert_allclose(suv, bq * factor, rtol=1e-5, atol=1e-6)
     suv_dicom = out_suv / "pet_dicom" / "pet_dicom_enhanced_dicom"

@@ -24,7 +24,7 @@ from .options import flag
 from .options import output_units as parse_output_units
 from .studies import study_outputs
 from .volumes import check_volume, dicom_series, overlap_fraction, read_volume, source_path
-from .writers import remove_stale_temporaries, write_nifti
+from .writers import nifti_description, remove_stale_temporaries, write_nifti
 
 logger = logging.getLogger(__name__)
 
@@ -195,9 +195,12 @@ class SaveStudyd(Transform):
         outputs = dict(d.get("outputs") or {})
         notes = list(d.get("notes") or [])
         enhanced = self._array(d[self.enhanced_key], pet)
-        outputs["enhanced"] = str(write_nifti(enhanced, affine, paths["enhanced"], template=template))
+        units = "GML" if d["units"]["output_units"] == "SUVbw" else "BQML"
+        description = nifti_description(self.model_version, units)
+        outputs["enhanced"] = str(
+            write_nifti(enhanced, affine, paths["enhanced"], template=template, description=description)
+        )
         if self.save_dicom and series is not None:
-            units = "GML" if d["units"]["output_units"] == "SUVbw" else "BQML"
             files = write_derived_series(
                 enhanced,
                 series.files,
