@@ -17,7 +17,8 @@ Three steps, each resumable:
    and kind (pooled over the spheres of a cell, ``scripts.recovery.pooled_recovery``), mean signed contrast error,
    background variability, heterogeneity amplitude and correlation, brain PSNR against the noise-free standard dose
    and |SUVR error|; ``--by_group`` splits CN and AD; ``--plot`` draws recovery
-   against size and against background variability.
+   against size and against background variability; ``--departure m2diff`` validates the departure map of that
+   method's output (the shrunk spheres it flags, its false regions).
 
     python benchmarks/bench_recovery.py simulate --out data/recovery --split validation --subjects 8
     python benchmarks/bench_recovery.py enhance --out data/recovery --split validation --method m2diff
@@ -146,7 +147,7 @@ def score_study(folder: Path, study: dict, methods: list[str]) -> tuple[list[dic
         image = _load(enhanced_path(folder, method, study))
         for sphere in params["lesions"]:
             scores = recovery.contrast_recovery(image, ref, free, *rois[sphere["index"]])
-            sphere_rows.append({"method": method, **common, **{k: sphere[k] for k in ("kind", "diameter_mm")}})
+            sphere_rows.append({"method": method, **common, **{k: sphere[k] for k in ("index", "kind", "diameter_mm")}})
             sphere_rows[-1].update(location=sphere["location"], **scores)
         het = recovery.heterogeneity_retention(image, ref, anatomy, brain, lesions, spacing)
         study_rows.append(
@@ -161,6 +162,61 @@ def score_study(folder: Path, study: dict, methods: list[str]) -> tuple[list[dic
             }
         )
     return sphere_rows, study_rows
+
+
+def departure_flags(folder: Path, study: dict, method: str, threshold: float) -> dict:
+    """Validate the departure map of ``method``'s output (``scripts.consistency.restore_significant_residual``).
+
+    Returns the study's spheres >= 10 mm that the method shrank by more than 20 % (recovery < 0.8) and how many of
+    them the map flags (its maximum in the sphere >= ``threshold``), and the false regions: connected regions of the
+    map >= ``threshold`` in the brain, farther than 8 mm from every sphere, at least as large as an 8 mm sphere.
+    """
+    import torch
+    from scipy import ndimage
+
+    from scripts.consistency import restore_significant_residual
+
+    subject_id = study["id"].rsplit("_drf", 1)[0]
+    base = folder / subject_id / subject_id
+    low_dose = nib.load(folder / study["pet"])
+    spacing = [float(v) for v in low_dose.header.get_zooms()[:3]]
+    image = torch.as_tensor(_load(enhanced_path(folder, method, study)), dtype=torch.float32)[None]
+    _, departure = restore_significant_residual(
+        image, torch.as_tensor(_load(folder / study["pet"]))[None], spacing, threshold
+    )
+    flagged = departure[0].numpy() >= threshold
+    lesions = _load(Path(f"{base}_lesion_mask.nii.gz")).astype(np.int32)
+    brain = _load(Path(f"{base}_brain_mask.nii.gz")) > 0
+    far = ndimage.distance_transform_edt(lesions == 0, sampling=spacing) > recovery.LESION_MARGIN_MM
+    regions, count = ndimage.label(flagged & brain & far)
+    sizes = np.bincount(regions.ravel())[1:] * float(np.prod(spacing))
+    return {"flagged": flagged, "lesions": lesions, "false_regions": int(np.sum(sizes >= np.pi / 6 * 8.0**3))}
+
+
+def print_departure_validation(folder: Path, method: str, threshold: float, sphere_rows: list[dict]) -> None:
+    """Per dose: the shrunk spheres >= 10 mm the departure map flags, and the false regions per study."""
+    shrunk = {(r["subject"], r["drf"], r["index"]) for r in sphere_rows if r["method"] == method}
+    shrunk = {k for k in shrunk if _row(sphere_rows, method, *k)["recovery"] < 0.8}
+    print(f"\ndeparture map of {method} (>= {threshold} noise SDs)")
+    print(
+        "| dose | spheres >= 10 mm shrunk > 20 % | flagged | false regions per study (mean, max) |\n|---|---|---|---|"
+    )
+    for drf in DOSES:
+        hits, total, false = 0, 0, []
+        for study in (s for s in _studies(folder) if s["id"].endswith(f"_drf{drf}")):
+            result = departure_flags(folder, study, method, threshold)
+            subject_id = study["id"].rsplit("_drf", 1)[0]
+            for key in (k for k in shrunk if k[0] == subject_id and k[1] == drf):
+                total += 1
+                hits += bool(result["flagged"][result["lesions"] == key[2]].any())
+            false.append(result["false_regions"])
+        print(
+            f"| 1/{drf} | {total} | {hits} ({100 * hits / max(total, 1):.0f} %) | {np.mean(false):.1f}, {max(false)} |"
+        )
+
+
+def _row(rows: list[dict], method: str, subject: str, drf: int, index: int) -> dict:
+    return next(r for r in rows if (r["method"], r["subject"], r["drf"], r["index"]) == (method, subject, drf, index))
 
 
 def _mean(rows: list[dict], key: str, **where) -> float:
@@ -224,7 +280,9 @@ def plot(sphere_rows: list[dict], study_rows: list[dict], methods: list[str], pa
     save_figure(figure, path)
 
 
-def score(folder: Path, methods: list[str], by_group: bool, plot_path: str | None) -> None:
+def score(
+    folder: Path, methods: list[str], by_group: bool, plot_path: str | None, departure: list[str], threshold: float
+) -> None:
     """Score every study of the split, write ``scores_spheres.csv`` / ``scores_studies.csv``, print the tables."""
     sphere_rows, study_rows = [], []
     for study in _studies(folder):
@@ -242,6 +300,8 @@ def score(folder: Path, methods: list[str], by_group: bool, plot_path: str | Non
     if plot_path:
         plot(sphere_rows, study_rows, methods, plot_path)
         print(f"plot: {plot_path}")
+    for method in departure:
+        print_departure_validation(folder, method, threshold, sphere_rows)
 
 
 def main() -> None:
@@ -256,6 +316,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["low_dose", "gaussian_filter", "m2diff_mri_free", "m2diff"])
     parser.add_argument("--by_group", action="store_true")
     parser.add_argument("--plot", default=None, help="score: PNG path of the recovery plots")
+    parser.add_argument("--departure", nargs="*", default=[], help="score: validate the departure map of these methods")
+    parser.add_argument("--significance", type=float, default=3.5, help="score: the departure map's threshold (SDs)")
     parser.add_argument("--override", nargs=argparse.REMAINDER, default=[], help="enhance: --key value for inference")
     args = parser.parse_args()
     folder = Path(args.out) / args.split
@@ -273,7 +335,7 @@ def main() -> None:
             output_dir.mkdir(parents=True, exist_ok=True)
             enhance(studies, str(output_dir), 0, parse_overrides(args.override))
     else:
-        score(folder, args.methods, args.by_group, args.plot)
+        score(folder, args.methods, args.by_group, args.plot, args.departure, args.significance)
 
 
 if __name__ == "__main__":
