@@ -150,7 +150,7 @@ def bench_node(work: Path) -> None:
 
         def arrived():
             return any(
-                s["MainDicomTags"].get("SeriesDescription", "").startswith("M2Diff") and len(s["Instances"]) == slices
+                "M2Diff" in s["MainDicomTags"].get("SeriesDescription", "") and len(s["Instances"]) == slices
                 for s in orthanc.get(f"/studies/{study_id}/series")
             )
 
