@@ -9,6 +9,7 @@ from monai.transforms import GaussianSmooth
 from scripts.consistency import (
     ADAPTIVE_CUTOFF_BOUNDS_MM,
     adaptive_cutoff_mm,
+    consistent_with_measurement,
     low_frequency_consistency,
     measured_noise,
     physical_activity,
@@ -151,3 +152,11 @@ def test_residual_noise_follows_the_local_activity():
     sd = residual_noise(band[None], activity[None])[0]
     assert float(sd[5].mean()) == pytest.approx(float(activity[5].mean()), rel=0.15)
     assert float(sd[35].mean()) == pytest.approx(float(activity[35].mean()), rel=0.15)
+
+
+def test_an_implausible_noise_estimate_is_warned_about(caplog):
+    truth, low_dose, _ = _phantom()
+    consistent_with_measurement(truth, low_dose, [2.0] * 3, "auto", 0.6)
+    assert "implausible" not in caplog.text
+    consistent_with_measurement(0.05 * truth, low_dose, [2.0] * 3, "auto", 0.6)  # an output far from the input
+    assert "is implausible for a PET study" in caplog.text

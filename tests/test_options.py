@@ -33,6 +33,7 @@ WORKFLOWS = {
 }
 #: config keys that are not options a user sets
 NOT_OPTIONS = {"bundle_root", "imports", "image_keys", "checkpoint_runs", "handlers", "run", "initialize", "finalize"}
+NOT_OPTIONS |= {"option_check"}
 NOT_OPTIONS |= {"what", "network_def", "preprocessing", "postprocessing", "diffusion_sampler"}
 #: options checked by a later step of the config, naming them
 CHECKED_ELSEWHERE = {"model_file": "scripts.training.require_model_file, once method is known"}
@@ -48,6 +49,7 @@ def _merged_config(name: str) -> dict:
 
 def _checked_options(config: dict) -> dict:
     entries = config.get("initialize", []) + config.get("run", [])
+    entries = [config.get(item[1:], item) if isinstance(item, str) and item[:1] == "@" else item for item in entries]
     checks = [item for item in entries if isinstance(item, dict) and item["_target_"].endswith("check_options")]
     return {name: value for check in checks for name, value in check["options"].items()}
 
@@ -145,3 +147,9 @@ def test_bad_values_on_the_command_line_print_one_line_each(tmp_path):
     ]
     assert "Traceback" not in result.stderr + result.stdout
     assert not output_dir.exists()  # stopped before any work
+
+
+def test_data_parallel_training_checks_the_options_first():
+    with open(config_files("multi_gpu_train")[0]) as f:
+        initialize = json.load(f)["initialize"]
+    assert initialize[0] == "@option_check" and "check_options" in _merged_config("train")["option_check"]["_target_"]

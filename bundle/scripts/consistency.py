@@ -39,6 +39,8 @@ ADAPTIVE_CUTOFF_BOUNDS_MM = (6.0, 32.0)
 SIGNIFICANCE_SCALES_MM, GIVEBACK_FWHM_MM = (8.0, 11.3, 16.0), 5.7
 #: the noise of a smoothed residual is measured on every 7th voxel (plenty for a median, 7x faster)
 _NOISE_SUBSAMPLE = 7
+#: a measured relative noise above this is no PET study's (1/100 dose measured about 0.7): the network missed the input
+IMPLAUSIBLE_NOISE = 1.5
 #: FWHM (mm) of the smoothing that finds the voxels with uptake (where the noise is measured), and their threshold
 #: as a fraction of the 99.5th percentile of the smoothed activity
 _UPTAKE_FWHM_MM, _UPTAKE_FRACTION = 16.0, 0.3
@@ -80,6 +82,11 @@ def consistent_with_measurement(
         noise = measured_noise(enhanced, low_dose, voxel_size_mm)
         fwhm_mm = adaptive_cutoff_mm(noise, voxel_size_mm, noise_pct)
         logger.info(f"measured low-dose noise {100 * noise:.1f} %: data-consistency cut-off {fwhm_mm:.1f} mm")
+        if noise > IMPLAUSIBLE_NOISE:
+            logger.warning(
+                f"measured low-dose noise {100 * noise:.0f} % is implausible for a PET study (1/100 dose measures "
+                "about 70 %): the network's output is far from the input (untrained or wrong weights?)"
+            )
     fwhm_mm = float(fwhm_mm)
     return low_frequency_consistency(enhanced, low_dose, [fwhm_mm / float(v) for v in voxel_size_mm]), fwhm_mm
 
