@@ -242,5 +242,6 @@ def test_engine_fires_monais_events_after_the_forward_pass(tmp_path, weights):
     evaluator.add_event_handler(IterationEvents.MODEL_COMPLETED, record)  # after the postprocessing's own handler
     workflow.run()
     workflow.finalize()
-    assert seen == [("FORWARD_COMPLETED", (1, 1, 20, 24, 10)), ("MODEL_COMPLETED", (1, 20, 24, 10))]
+    # the network runs at 2 mm (10 slices of 2.5 mm -> 12 of 2 mm); Invertd brings the output back to the input's grid
+    assert seen == [("FORWARD_COMPLETED", (1, 1, 20, 24, 12)), ("MODEL_COMPLETED", (1, 20, 24, 10))]
     assert study_status(tmp_path / "out")["e1"]["status"] == "ok"

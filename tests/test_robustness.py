@@ -241,8 +241,9 @@ def test_killed_writer_leaves_no_final_file(tmp_path):
 def test_large_1mm_volume_goes_through(tmp_path):
     """A 197 x 233 x 189 (1 mm MNI) study runs through the whole pipeline; slice_batch_size bounds the batch.
 
-    The test network has 4 levels like the shipped one, so its middle attention works at 1/8 resolution (25 x 30
-    tokens here); the 2-level test network would attend over 99 x 117 tokens: (99 * 117) ** 2 floats per slice.
+    The network runs at 2 mm (99 x 117 x 95 voxels). The test network has 4 levels like the shipped one, so its middle
+    attention works at 1/8 resolution (13 x 15 tokens here); the 2-level test network would attend over 50 x 59
+    tokens: (50 * 59) ** 2 floats per slice.
     """
     weights = save_tiny_weights(tmp_path / "model.pt", **{k.split("#")[1]: v for k, v in TINY_4_LEVELS.items()})
     shape = (197, 233, 189)
@@ -262,7 +263,7 @@ def test_large_1mm_volume_goes_through(tmp_path):
         **TINY_4_LEVELS,
     )
     result = summary(tmp_path / "out")["studies"][0]
-    assert result["status"] == "ok" and result["network_calls"] == 3  # 189 slices / 64 per call
+    assert result["status"] == "ok" and result["network_calls"] == 2  # 189 slices at 1 mm = 95 at 2 mm / 64 per call
     assert nib.load(str(tmp_path / "out" / "mni1mm" / "mni1mm_enhanced.nii.gz")).shape == shape
     print(f"1 mm volume: {time.perf_counter() - start:.1f} s")
 

@@ -90,7 +90,9 @@ def _error_message(exc: BaseException, study_id: str, file: str | None) -> str:
 
 class StudyPrepareBatch(PrepareBatch):
     """``(inputs, None, (), {"dose_reduction_factor": K})`` for an inferer: ``inputs`` = ``[PET, MRI]`` channels,
-    ``(B, 2, H, W, D)``, or ``(B, 1, H, W, D)`` when the study has no MRI (the MRI-free path).
+    ``(B, 2, H, W, D)``, or ``(B, 1, H, W, D)`` when the study has no MRI (the MRI-free path). The keywords also
+    carry ``voxel_size_mm`` for the data consistency: the PET's voxel size as the network sees it (after the
+    preprocessing's ``Spacingd``: the training spacing, not the input file's).
 
     Args:
         pet_key: the normalised low-dose PET, ``(C=1, H, W, D)`` per study.
@@ -121,7 +123,8 @@ class StudyEnhancer(SupervisedEvaluator):
 
     Each iteration is MONAI's (``prepare_batch``, ``inferer``, ``FORWARD_COMPLETED``, ``MODEL_COMPLETED`` with the
     postprocessing); the override only captures a study's failure. The iteration output is the study's record
-    (``status`` "ok"/"failed", ``message``, ``seconds``, ``network_calls``, ``mri_free``, ``method``, ``outputs``).
+    (``status`` "ok"/"failed", ``message``, ``seconds``, ``network_calls``, ``mri_free``, ``method``, ``outputs``,
+    ``input_grid`` and ``network_grid``: the input's shape and voxel size, and those the network ran at).
 
     Args:
         device: device of the network.
@@ -160,6 +163,7 @@ class StudyEnhancer(SupervisedEvaluator):
             record.update(units=batchdata.get("units"), network_calls=int(getattr(engine.inferer, "network_calls", 0)))
             record["network_calls_per_slice"] = getattr(engine.inferer, "network_calls_per_slice", None)
             record["consistency_fwhm_mm"] = (getattr(engine.inferer, "consistency_cutoffs_mm", None) or [None])[0]
+            record.update(input_grid=batchdata.get("input_grid"), network_grid=batchdata.get("network_grid"))
         except _LoadError as exc:
             record["message"] = str(exc)
         except Exception as exc:  # a failed study is recorded; the run goes on
@@ -183,9 +187,10 @@ class StudySummaryHandler:
 
     ``summary.json``: ``{"complete", "started", "ok", "failed", "settings", "log", "studies": [...],
     "earlier_runs": [...]}`` with one record per study holding :attr:`FIELDS` (status "ok"/"failed", the error
-    message, the written outputs, seconds, network calls ...). A run into a folder that already holds a summary keeps
-    the earlier runs' summaries under ``earlier_runs`` (oldest first). Details of unexpected errors (tracebacks) go to
-    the run's log file ``<output_dir>/logs/run-<started>.log``, not to the terminal.
+    message, the written outputs, seconds, network calls, the input grid and the grid the network ran on ...). A run
+    into a folder that already holds a summary keeps the earlier runs' summaries under ``earlier_runs`` (oldest
+    first). Details of unexpected errors (tracebacks) go to the run's log file ``<output_dir>/logs/run-<started>.log``,
+    not to the terminal.
 
     Args:
         output_dir: results folder.
@@ -196,6 +201,7 @@ class StudySummaryHandler:
 
     FIELDS = ("id", "status", "message", "outputs", "notes", "seconds", "network_calls")
     FIELDS += ("network_calls_per_slice", "consistency_fwhm_mm", "mri_free", "drf", "method", "units")
+    FIELDS += ("input_grid", "network_grid")
 
     def __init__(self, output_dir: str, settings: dict | None = None, raise_on_failure: bool = True) -> None:
         self.output_dir = output_dir
