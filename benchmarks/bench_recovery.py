@@ -275,6 +275,7 @@ def plot(sphere_rows: list[dict], study_rows: list[dict], methods: list[str], pa
                 _mean(study_rows, "bv_pct", **where), _recovery(sphere_rows, large=True, **where), label=method
             )
         axis.set(title=f"1/{drf} dose", xlabel="background variability (%)", ylabel="mean recovery, >= 10 mm")
+        axis.legend(fontsize=7)
     axes[0, 0].legend(fontsize=7)
     figure.tight_layout()
     save_figure(figure, path)
