@@ -26,7 +26,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from monai.transforms import GaussianSmooth
 from scipy import ndimage
 
 from scripts.constants import FWHM_PER_SIGMA
@@ -123,21 +122,15 @@ def restore_significant_residual(
     """
     if threshold <= 0:
         raise ValueError(f"the significance threshold must be > 0 noise SDs, got {threshold}")
-    activity = _fast_gaussian(enhanced.float(), _UPTAKE_FWHM_MM, voxel_size_mm)
+    activity = _gaussian(enhanced.float(), [_UPTAKE_FWHM_MM / float(v) for v in voxel_size_mm])
     residual = low_dose.float() - enhanced.float()
     departure = torch.zeros_like(residual)
     for fwhm in scales_mm:
-        band = _fast_gaussian(residual, fwhm, voxel_size_mm)
+        band = _gaussian(residual, [float(fwhm) / float(v) for v in voxel_size_mm])
         departure = torch.maximum(departure, band.abs() / residual_noise(band, activity))
     gain = (departure - threshold).clamp(0, 1)
-    return enhanced.float() + gain * _fast_gaussian(residual, giveback_fwhm_mm, voxel_size_mm), departure
-
-
-def _fast_gaussian(image: torch.Tensor, fwhm_mm: float, voxel_size_mm: Sequence[float]) -> torch.Tensor:
-    """Gaussian smoothing of a ``(C, H, W, D)`` CPU image by scipy (zero padding; on CPU about 10x faster than MONAI's
-    erf-kernel convolution, and within 0.5 % of it)."""
-    sigma = [0.0] + [float(fwhm_mm) / FWHM_PER_SIGMA / float(v) for v in voxel_size_mm]
-    return torch.from_numpy(ndimage.gaussian_filter(image.numpy(), sigma, mode="constant", truncate=4.0))
+    given = _gaussian(residual, [float(giveback_fwhm_mm) / float(v) for v in voxel_size_mm])
+    return enhanced.float() + gain * given, departure
 
 
 def residual_noise(band: torch.Tensor, activity: torch.Tensor, bins: int = 8) -> torch.Tensor:
@@ -169,8 +162,11 @@ def physical_activity(image: torch.Tensor) -> torch.Tensor:
 
 
 def _gaussian(image: torch.Tensor, fwhm_voxels: Sequence[float]) -> torch.Tensor:
-    """MONAI's Gaussian smoothing of a ``(C, H, W, D)`` image, FWHM per axis in voxels."""
-    return torch.as_tensor(GaussianSmooth(sigma=[float(f) / FWHM_PER_SIGMA for f in fwhm_voxels])(image))
+    """Gaussian smoothing of a ``(C, H, W, D)`` CPU image, FWHM per axis in voxels (scipy, zero padding: on CPU about
+    10x faster than MONAI's erf-kernel ``GaussianSmooth`` and within 0.5 % of it)."""
+    sigma = [0.0] + [float(f) / FWHM_PER_SIGMA for f in fwhm_voxels]
+    smooth = ndimage.gaussian_filter(image.detach().cpu().float().numpy(), sigma, mode="constant", truncate=4.0)
+    return torch.from_numpy(smooth)
 
 
 def measured_noise(enhanced: torch.Tensor, low_dose: torch.Tensor, voxel_size_mm: Sequence[float]) -> float:
