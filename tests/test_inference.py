@@ -212,6 +212,17 @@ def test_knobs_given_as_command_line_words(tmp_path, weights):
     assert summary(tmp_path / "warm")["settings"]["warm_start_timestep"] == 500
 
 
+def test_num_threads_sets_torchs_threads_and_is_recorded(tmp_path, weights):
+    datalist = write_datalist([nifti_study(tmp_path, "t1", with_mri=False)], tmp_path / "studies.json")
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)  # not 1 already, whatever the machine
+    try:
+        run_workflow(datalist, tmp_path / "out", weights, num_threads=1)
+        assert torch.get_num_threads() == 1 and summary(tmp_path / "out")["settings"]["num_threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_study_without_mri_goes_to_the_sampler_without_an_mri_channel():
     """The MRI-free path gets the PET alone (a zero MRI channel would run the MRI-guided path)."""
     pet = MetaTensor(torch.rand(1, 4, 5, 3))
