@@ -78,7 +78,7 @@ def _bad_value(option: str):
     if isinstance(expected, (Number, Numbers, PerDoseLevel)):
         return "four"
     if isinstance(expected, Flag):
-        return "maybe" if expected.words else "false"
+        return "maybe"
     if isinstance(expected, Choice):
         return "nonsense"
     if isinstance(expected, Text) or (isinstance(expected, Path) and not expected.exists):

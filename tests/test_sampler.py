@@ -239,3 +239,10 @@ def test_significance_consistency_keeps_a_departure_map_per_study_and_rejects_ne
     assert out[:1].shape == plain(study, net, voxel_size_mm=[2.0] * 3).shape and plain.departure_maps == []
     with pytest.raises(ValueError, match="consistency_significance"):
         DDIMVolumeSampler(1, consistency_significance=-1)
+
+
+def test_progress_given_as_a_command_line_word_means_what_it_says():
+    assert DDIMVolumeSampler(1, progress="false").progress is False
+    assert DDIMVolumeSampler(1, progress="yes").progress is True
+    with pytest.raises(ValueError, match="progress"):
+        DDIMVolumeSampler(1, progress="maybe")

@@ -22,6 +22,7 @@ from ignite.engine import Engine, Events
 
 from scripts import metrics
 from scripts.faithfulness import lesion_contrast, pattern_retention
+from scripts.io.options import flag
 from scripts.io.writers import atomic_path, write_json
 from scripts.plotting import evaluation_figure, save_figure, slice_position
 
@@ -187,7 +188,7 @@ class StudyEvaluationHandler:
         self.output_dir = output_dir
         self.method = method
         self.num_inference_steps = num_inference_steps
-        self.save_panels = save_panels
+        self.save_panels = flag(save_panels, "save_panels")
         self.per_slice_threshold = per_slice_threshold
         self.rows: list[dict] = []
         self._started = 0.0

@@ -147,13 +147,9 @@ class Text:
 
 @dataclass(frozen=True)
 class Flag:
-    """``True`` or ``False``; ``words``: also true/false, yes/no, on/off, 1/0 (:func:`scripts.io.options.flag`)."""
-
-    words: bool = True
+    """``True`` or ``False``, or true/false, yes/no, on/off, 1/0 (:func:`scripts.io.options.flag`)."""
 
     def accepts(self, value: Any) -> bool:
-        if not self.words:
-            return isinstance(value, bool)
         try:
             flag(value)
         except ValueError:
@@ -161,7 +157,7 @@ class Flag:
         return isinstance(value, (bool, str)) or value in (0, 1)
 
     def __str__(self) -> str:
-        return "true or false" if self.words else "True or False"
+        return "true or false"
 
 
 @dataclass(frozen=True)
@@ -242,7 +238,7 @@ EXPECTED = {
     "save_dicom": Flag(),
     "output_units": Choice(("bqml", "suv")),
     "save_qc_png": Flag(),
-    "progress": Flag(words=False),
+    "progress": Flag(),
     "consistency_significance": Number(0, none=True),
     # train.json
     "dataset_dir": Path("folder", holds="datalist.json", hint=f"a simulated cohort; make one with {SIMULATE_COMMAND}"),
@@ -282,7 +278,7 @@ EXPECTED = {
     "eval_dose_reduction_factors": Numbers(Number(0, above=True, words=DOSE_WORDS), none=True),
     "eval_max_studies": Integer(1, none=True),
     "gaussian_fwhm_mm": PerDoseLevel(Number(0)),
-    "save_panels": Flag(words=False),
+    "save_panels": Flag(),
     "eval_dir": Path(),
 }
 

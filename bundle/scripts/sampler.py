@@ -24,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from scripts.consistency import consistent_with_measurement, physical_activity, restore_significant_residual
+from scripts.io.options import flag
 
 NUM_TRAIN_TIMESTEPS = 1000
 
@@ -122,7 +123,7 @@ class DDIMVolumeSampler(Inferer):
         self.slice_batch_size = slice_batch_size
         self.seed = seed
         self.context_slices = context_slices
-        self.progress = progress
+        self.progress = flag(progress, "progress")
         self.use_mri = use_mri
         if consistency_fwhm_mm != "auto" and (isinstance(consistency_fwhm_mm, str) or (consistency_fwhm_mm or 0) < 0):
             raise ValueError(
