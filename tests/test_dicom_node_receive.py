@@ -171,6 +171,8 @@ def test_start_up_checks(tmp_path, caplog):
         assert node.inference_config_file == [str(BUNDLE / "configs" / "inference.json")]  # the bundle root's
         with pytest.raises(FileNotFoundError, match="configs/inferense.json not found .relative paths are resolved"):
             DicomNode(inference_config_file="configs/inferense.json", **settings).check()
+        with pytest.raises(ValueError, match="inference_overrides: option num_samples: got 'four', expected"):
+            DicomNode(inference_overrides={"num_samples": "four"}, **settings).check()  # before any study comes
         with pytest.raises(FileNotFoundError, match="network weights .*absent.pt not found"):
             DicomNode(inference_overrides={"ckpt_path": str(tmp_path / "absent.pt")}, **settings).check()
         (tmp_path / "damaged.pt").write_bytes(weights.read_bytes()[:1000])

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pydicom
 
+from scripts import option_checks
 from scripts.enhance import SUMMARY_NAME, bundle_version, file_sha256, require_weights
 
 from .receiver import StorageReceiver
@@ -181,6 +182,7 @@ class DicomNode:
 
         Raises:
             FileNotFoundError: a config file or the weights are missing.
+            ValueError: an inference override's value is not what that option expects (``scripts.option_checks``).
             RuntimeError: the weights cannot be loaded.
         """
         import torch
@@ -195,6 +197,14 @@ class DicomNode:
         parser = ConfigParser()
         parser.read_config(self.inference_config_file)
         parser.update({"bundle_root": self.bundle_root, **self.inference_overrides})
+        values = {  # paths: the checks below name what is missing
+            name: parser.get_parsed_content(name)
+            for name, expected in option_checks.EXPECTED.items()
+            if name in self.inference_overrides and not isinstance(expected, (option_checks.Path, option_checks.Paths))
+        }
+        problems = option_checks.option_problems(values)
+        if problems:
+            raise ValueError("inference_overrides: " + "; ".join(problems))
         weights = require_weights(str(parser.get_parsed_content("ckpt_path")))
         try:
             if weights.endswith(".onnx"):
