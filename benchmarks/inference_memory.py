@@ -1,7 +1,8 @@
-"""Peak memory of one sampler network call on 1 mm MNI slices (197 x 233, padded to 200 x 240), per slice batch.
+"""Peak memory of one sampler network call on 2 mm MNI slices (99 x 117, padded to 104 x 120), per slice batch.
 
-The sampler holds the whole volume on the CPU and sends ``slice_batch_size`` slices at a time to the device, so the
-device memory of a study is the network's memory for one batch plus the weights. Prints one line per batch size::
+The network runs at its training spacing (2 mm) whatever the study's voxel size. The sampler holds the whole volume on
+the CPU and sends ``slice_batch_size`` slices at a time to the device, so the device memory of a study is the
+network's memory for one batch plus the weights. Prints one line per batch size::
 
     python benchmarks/inference_memory.py --slice_batch_sizes 1 4 16 [--device cuda]
 """
@@ -34,8 +35,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slice_batch_sizes", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--height", type=int, default=200)
-    parser.add_argument("--width", type=int, default=240)
+    parser.add_argument("--height", type=int, default=104)
+    parser.add_argument("--width", type=int, default=120)
     args = parser.parse_args()
     torch.set_num_threads(1)
     device = torch.device(args.device)
@@ -43,7 +44,8 @@ def main() -> None:
     weights_mb = sum(p.numel() * p.element_size() for p in network.parameters()) / 2**20
     print(f"device {device}, weights {weights_mb:.1f} MiB, slices {args.height} x {args.width}")
     for batch in args.slice_batch_sizes:
-        x = torch.randn(batch, 3, args.height, args.width, device=device)
+        channels = 1 + 2 * network.image_channels  # [x_t, low-dose slices, T1 slices]
+        x = torch.randn(batch, channels, args.height, args.width, device=device)
         t = torch.full((batch,), 500, device=device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
