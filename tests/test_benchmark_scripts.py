@@ -24,3 +24,8 @@ def test_inference_memory_calls_the_shipped_network_layout():
 @pytest.mark.parametrize("script", ["bench_recovery.py", "bench_hospital.py", "bench_methods.py"])
 def test_benchmark_scripts_import_and_describe_themselves(script):
     assert "usage:" in _run(os.path.join("benchmarks", script), "--help")
+
+
+def test_hospital_benchmark_times_pytorch_and_onnx_runtime_on_the_sample():
+    out = _run("benchmarks/bench_hospital.py", "--parts", "onnx", "--repeats", "1", "--torchscript_exporter")
+    assert "s/volume, ONNX Runtime" in out and "max relative difference of the outputs" in out
