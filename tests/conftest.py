@@ -14,3 +14,11 @@ if BUNDLE_ROOT not in sys.path:
 def bundle_root() -> str:
     """Absolute path of the bundle root folder."""
     return BUNDLE_ROOT
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """Tiny network weights in inference.json's layout, once per test module."""
+    from inference_testing import save_tiny_weights
+
+    return save_tiny_weights(tmp_path_factory.mktemp("weights") / "model.pt")

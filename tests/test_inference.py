@@ -35,11 +35,6 @@ from scripts.enhance import StudyPrepareBatch
 from scripts.io import read_dicom_series, suv_calibration
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    return save_tiny_weights(tmp_path_factory.mktemp("weights") / "model.pt")
-
-
 def _enhanced(output_dir, study_id):
     return nib.load(str(output_dir / study_id / f"{study_id}_enhanced.nii.gz"))
 

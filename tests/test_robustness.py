@@ -35,11 +35,6 @@ from scripts.io import DatalistError, atomic_directory, atomic_path, load_datali
 SHAPE = (20, 24, 10)
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    return save_tiny_weights(tmp_path_factory.mktemp("weights") / "model.pt")
-
-
 def _bad_studies(folder):
     """One good study and one study per bad input: {id: (record, expected words in the message)}."""
     affine, pet = grid_affine(), blob_volume(SHAPE)

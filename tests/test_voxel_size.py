@@ -12,7 +12,6 @@ from inference_testing import (
     make_workflow,
     run_workflow,
     save_nifti,
-    save_tiny_weights,
     study_status,
     write_datalist,
     write_dicom_series,
@@ -21,11 +20,6 @@ from inference_testing import (
 from scripts.enhance import StudyPrepareBatch
 from scripts.io import read_dicom_series
 from scripts.spacing import recorded_spacing
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    return save_tiny_weights(tmp_path_factory.mktemp("weights") / "model.pt")
 
 
 def study_on_grid(folder, study_id, spacing, extent_mm=(40.0, 48.0, 24.0), with_mri=True) -> dict:
