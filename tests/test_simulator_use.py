@@ -2,8 +2,10 @@
 on the simulated anatomy."""
 
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,3 +61,9 @@ def test_simulate_config_without_the_simulator_says_how_to_install_it(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("ERROR: simulate.json runs the simulator")
     assert "pip install ./simulator" in result.stderr and "Traceback" not in result.stderr
     assert not os.listdir(tmp_path)  # stopped before any work
+
+
+def test_the_bundle_never_imports_the_simulator(bundle_root):
+    imports = re.compile(r"^\s*(from|import)\s+pet_simulator\b", re.MULTILINE)
+    sources = sorted(Path(bundle_root).rglob("*.py"))
+    assert [str(p) for p in sources if imports.search(p.read_text())] == []

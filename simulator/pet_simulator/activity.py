@@ -1,6 +1,6 @@
 """FDG uptake model: regional relative uptake, Alzheimer's hypometabolism, absolute Bq/ml scale and the mu-map.
 
-Relative uptake and AD fractions follow docs/simulator.md (neocortical GM = 1). Labels are Neuromorphometrics
+Relative uptake and AD fractions follow bundle/docs/simulator.md (neocortical GM = 1). Labels are Neuromorphometrics
 indices (``pet_simulator/data/labels_neuromorphometrics.csv``).
 """
 
