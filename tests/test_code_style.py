@@ -1,4 +1,4 @@
-"""The Model Zoo's code format: black and isort (line length 120) and flake8 over the bundle, tests and benchmarks."""
+"""The Model Zoo's code format (black and isort, line length 120; flake8) over bundle, simulator, tests, benchmarks."""
 
 import os
 import shutil
@@ -8,7 +8,7 @@ import sys
 import pytest
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-PATHS = [p for p in ("bundle", "tests", "benchmarks") if os.path.isdir(os.path.join(REPO, p))]
+PATHS = [p for p in ("bundle", "simulator", "tests", "benchmarks") if os.path.isdir(os.path.join(REPO, p))]
 
 
 @pytest.mark.parametrize(

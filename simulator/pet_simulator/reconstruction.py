@@ -6,8 +6,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from scripts.constants import fwhm_to_sigma
-
+from .constants import fwhm_to_sigma
 from .projector import GaussianPSF, ParallelBeamProjector
 
 __all__ = ["osem", "post_filter"]

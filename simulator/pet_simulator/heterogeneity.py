@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from scripts.constants import fwhm_to_sigma
+from .constants import fwhm_to_sigma
 
 __all__ = ["uptake_heterogeneity"]
 

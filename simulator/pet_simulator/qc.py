@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from scripts.io.writers import atomic_path
+from .files import atomic_path
 
 __all__ = ["qc_figure"]
 

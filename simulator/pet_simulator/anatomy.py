@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from scripts.io.writers import atomic_path
+from .files import atomic_path
 
 __all__ = [
     "atlas_path",

@@ -14,8 +14,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from scripts.constants import fwhm_to_sigma
-
+from .constants import fwhm_to_sigma
 from .projector import GaussianPSF, ParallelBeamProjector
 from .reconstruction import osem, post_filter
 

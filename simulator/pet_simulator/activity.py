@@ -1,6 +1,6 @@
 """FDG uptake model: regional relative uptake, Alzheimer's hypometabolism, absolute Bq/ml scale and the mu-map.
 
-Relative uptake and AD fractions follow docs/simulator.md (neocortical GM = 1). Labels are Neuromorphometrics
+Relative uptake and AD fractions follow bundle/docs/simulator.md (neocortical GM = 1). Labels are Neuromorphometrics
 indices (``pet_simulator/data/labels_neuromorphometrics.csv``).
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from scripts.constants import fwhm_to_sigma
+from .constants import F18_HALF_LIFE_S, fwhm_to_sigma
 
 __all__ = [
     "F18_HALF_LIFE_S",
@@ -21,8 +21,6 @@ __all__ = [
     "absolute_scale",
     "attenuation_map",
 ]
-
-F18_HALF_LIFE_S = 6586.2  # fluorine-18 half-life in seconds
 
 
 def _pair(*right: int) -> tuple[int, ...]:

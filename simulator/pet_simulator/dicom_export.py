@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts.constants import F18_HALF_LIFE_S, LPS_TO_RAS
-from scripts.io.dicom import encode_int16
-from scripts.io.writers import atomic_path
+from .constants import F18_HALF_LIFE_S
+from .files import atomic_path
 
 __all__ = ["SeriesInfo", "write_pet_series", "write_mr_series", "export_subject", "new_uid"]
 
@@ -30,6 +29,7 @@ _MODALITIES = {
     "MR": (MR_SOP_CLASS, "mr-series", 2, "T1w MPRAGE (simulated)"),
 }
 DEFAULT_SCAN_START = _dt.datetime(2024, 1, 1, 10, 0, 0)  # deterministic series date/time
+RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # NIfTI RAS <-> DICOM LPS (x and y negated); its own inverse
 
 
 @dataclass
@@ -77,7 +77,7 @@ def _lps_slices(volume: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.
     """Return (volume, LPS affine) with in-plane axes flipped so the first two axes point to +L and +P."""
     if volume.ndim != 3:
         raise ValueError(f"expected a 3D volume (X, Y, Z), got shape {volume.shape}")
-    aff = LPS_TO_RAS @ np.asarray(affine, dtype=np.float64)  # RAS -> LPS (the matrix is its own inverse)
+    aff = RAS_TO_LPS @ np.asarray(affine, dtype=np.float64)
     vol = volume
     for axis in (0, 1):
         if aff[axis, axis] < 0:
@@ -93,6 +93,13 @@ def _ds(value: float) -> str:
     from pydicom.valuerep import format_number_as_ds
 
     return format_number_as_ds(float(value) + 0.0)  # + 0.0 turns -0.0 into 0.0
+
+
+def _int16_pixels(plane: np.ndarray) -> tuple[np.ndarray, str]:
+    """int16 pixels of a slice and their RescaleSlope (DS string, intercept 0): the largest magnitude maps to 32767."""
+    peak = float(np.abs(plane).max(initial=0.0))
+    slope = f"{peak / 32767.0:.10g}" if peak > 0 else "1"
+    return np.clip(np.round(np.asarray(plane, np.float64) / float(slope)), -32768, 32767).astype(np.int16), slope
 
 
 def _base_dataset(sop_class: str, modality: str, info: SeriesInfo):
@@ -196,7 +203,7 @@ def _write_slices(
         ds.ImagePositionPatient = [_ds(v) for v in pos]
         ds.SliceLocation = _ds(pos[2])
         plane = vol[:, :, k].T  # (rows = j, columns = i)
-        pixels, ds.RescaleSlope = encode_int16(plane)
+        pixels, ds.RescaleSlope = _int16_pixels(plane)
         ds.SmallestImagePixelValue = int(pixels.min())
         ds.LargestImagePixelValue = int(pixels.max())
         ds["SmallestImagePixelValue"].VR = "SS"

@@ -1,6 +1,7 @@
 """Simulator of MRI + FDG-PET brain studies at several dose reduction factors (MNI152 anatomy, OSEM).
 
-Ships the Neuromorphometrics atlas in ``data/`` (CC BY-NC; see ``bundle/docs/data_license.txt``).
+Ships the Neuromorphometrics atlas in ``data/`` (CC BY-NC; see the README and the repository's
+``bundle/docs/data_license.txt``). Imports nothing from the M2Diff bundle.
 """
 
 from . import (

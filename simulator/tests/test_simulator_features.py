@@ -150,6 +150,17 @@ def test_heterogeneity_has_the_requested_amplitude_within_regions_and_is_unrelat
     assert abs(float(np.corrcoef(g[:-20][brain[:-20]], g[20:][brain[:-20]])[0, 1])) < 0.4
 
 
+def test_heterogeneity_changes_the_pet_and_leaves_the_t1_byte_identical(subjects, cache):
+    (varied, params), _ = subjects
+    flat, flat_params = simulate_subject([3, 1], heterogeneity_range=None, **_small_subject(cache))
+    assert "heterogeneity_sd" in params["heterogeneity"] and "heterogeneity" not in flat_params
+    assert varied["t1"].tobytes() == flat["t1"].tobytes()  # the T1 does not show the field
+    np.testing.assert_array_equal(varied["labels"], flat["labels"])
+    brain = ndimage.binary_erosion(flat["brain_mask"] > 0, iterations=2)
+    ratio = varied["pet_truth"][brain] / flat["pet_truth"][brain]
+    assert float(ratio.std()) == pytest.approx(params["heterogeneity"]["heterogeneity_sd"], rel=0.3)
+
+
 def test_atrophy_lowers_grey_matter_with_severity_in_t1_and_pet(template):
     brain = template["brain_mask"] > 0
     near_ventricles = ndimage.binary_dilation(np.isin(template["labels"], REGION_LABELS["ventricles"]), iterations=4)

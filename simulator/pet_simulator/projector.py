@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from scripts.constants import fwhm_to_sigma
+from .constants import fwhm_to_sigma
 
 __all__ = ["ParallelBeamProjector", "GaussianPSF", "gaussian_kernel_matrix"]
 

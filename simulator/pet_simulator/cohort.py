@@ -18,12 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scripts.io.writers import atomic_path
-
 from .acquisition import Scanner, ScannerConfig, downsample_2x, log_uniform
 from .activity import absolute_scale, attenuation_map, relative_uptake
 from .anatomy import load_template_anatomy, mri_appearance, warp_anatomy, warp_anatomy_fine
 from .atrophy import apply_atrophy, draw_atrophy
+from .files import atomic_path
 from .head import add_face_and_neck, extend_mu, whole_head_t1
 from .heterogeneity import uptake_heterogeneity
 from .lesions import draw_lesions
