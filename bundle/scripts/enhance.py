@@ -164,6 +164,7 @@ class StudyEnhancer(SupervisedEvaluator):
             record["network_calls_per_slice"] = getattr(engine.inferer, "network_calls_per_slice", None)
             record["consistency_fwhm_mm"] = (getattr(engine.inferer, "consistency_cutoffs_mm", None) or [None])[0]
             record.update(input_grid=batchdata.get("input_grid"), network_grid=batchdata.get("network_grid"))
+            record["mri_registration"] = batchdata.get("mri_registration")
         except _LoadError as exc:
             record["message"] = str(exc)
         except Exception as exc:  # a failed study is recorded; the run goes on
@@ -201,7 +202,7 @@ class StudySummaryHandler:
 
     FIELDS = ("id", "status", "message", "outputs", "notes", "seconds", "network_calls")
     FIELDS += ("network_calls_per_slice", "consistency_fwhm_mm", "mri_free", "drf", "method", "units")
-    FIELDS += ("input_grid", "network_grid")
+    FIELDS += ("input_grid", "network_grid", "mri_registration")
 
     def __init__(self, output_dir: str, settings: dict | None = None, raise_on_failure: bool = True) -> None:
         self.output_dir = output_dir

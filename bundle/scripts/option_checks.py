@@ -240,6 +240,7 @@ EXPECTED = {
     "save_qc_png": Flag(),
     "progress": Flag(),
     "consistency_significance": Number(0, none=True),
+    "register_mri": Flag(),
     # train.json
     "dataset_dir": Path("folder", holds="datalist.json", hint=f"a simulated cohort; make one with {SIMULATE_COMMAND}"),
     "extra_training_dirs": Paths(Path("folder")),
