@@ -29,7 +29,7 @@ from scripts.option_checks import (
 WORKFLOWS = {
     "inference": (["inference"], "infer"),
     "train": (["train"], "train"),
-    "evaluate": (["train", "evaluate"], "eval"),
+    "evaluate": (["inference", "train", "evaluate"], "eval"),
 }
 #: config keys that are not options a user sets
 NOT_OPTIONS = {"bundle_root", "imports", "image_keys", "checkpoint_runs", "handlers", "run", "initialize", "finalize"}

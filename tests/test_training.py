@@ -289,7 +289,7 @@ def test_no_validation_subjects_still_leaves_model_for_evaluation(tmp_path):
     assert set(saved) == set(final) and all(torch.equal(saved[k], final[k]) for k in saved)
     assert all(v.device.type == "cpu" for v in saved.values())
     # evaluate.json's defaults look for runs_dir/m2diff/checkpoints/model.pt: no --model_file needed
-    run_workflow(["train", "evaluate"], "infer", dataset_dir=cohort, runs_dir=runs, num_inference_steps=1)
+    run_workflow(["inference", "train", "evaluate"], "infer", dataset_dir=cohort, runs_dir=runs, num_inference_steps=1)
     assert os.path.exists(os.path.join(runs, "eval", "test", "m2diff", "metrics.csv"))
 
 

@@ -137,6 +137,8 @@ class StudyEnhancer(SupervisedEvaluator):
     def __init__(self, device: torch.device | str, val_data_loader: Any, network: nn.Module, inferer: Any, **kwargs):
         kwargs.setdefault("decollate", False)
         kwargs.setdefault("prepare_batch", StudyPrepareBatch())
+        if kwargs.get("val_handlers"):  # a handler the config disabled comes as None (evaluate.json's weights)
+            kwargs["val_handlers"] = [handler for handler in kwargs["val_handlers"] if handler is not None]
         super().__init__(device=device, val_data_loader=val_data_loader, network=network, inferer=inferer, **kwargs)
 
     def _method(self, mri_free: bool) -> str:
