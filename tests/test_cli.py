@@ -22,7 +22,9 @@ def test_unknown_keys_name_the_closest_known_key():
         _argv(["inference", "train", "evaluate"], "--max_epoch", "3", "--validate#dataset#cache_rate", "0")
     )
     assert len(messages) == 1 and "--max_epochs?" in messages[0]  # nested ids of the configs are known too
-    assert unknown_keys(_argv(["train"], "--eval_split", "test")) != []  # evaluate.json's keys only with it
+    assert (
+        unknown_keys(_argv(["inference", "train"], "--eval_split", "test")) != []
+    )  # evaluate.json's keys only with it
     assert (
         unknown_keys(_argv(["inference", "train", "evaluate"], "--eval_split", "test", "--meta_file", "m.json")) == []
     )

@@ -26,7 +26,7 @@ def cohort(tmp_path_factory) -> str:
 
 def _save_random_network(names: list[str], runs_dir: str, run_name: str) -> None:
     """An untrained network of the config saved where evaluate.json looks for the trained one."""
-    network = make_workflow(names).parser.get_parsed_content("network_def")
+    network = make_workflow(["inference"] + names).parser.get_parsed_content("network_def")
     folder = os.path.join(runs_dir, run_name, "checkpoints")
     os.makedirs(folder, exist_ok=True)
     torch.save(network.state_dict(), os.path.join(folder, "model.pt"))
