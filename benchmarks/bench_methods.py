@@ -45,7 +45,7 @@ def run_evaluation(method: str, runs_dir: str, dataset_dir: str, split: str, ove
     sys.path.insert(0, BUNDLE_ROOT)
     from monai.bundle import ConfigWorkflow
 
-    names = ["train"] + ([OVERRIDES[method]] if method in OVERRIDES else []) + ["evaluate"]
+    names = ["inference", "train"] + ([OVERRIDES[method]] if method in OVERRIDES else []) + ["evaluate"]
     workflow = ConfigWorkflow(
         config_file=[os.path.join(BUNDLE_ROOT, "configs", f"{n}.json") for n in names],
         logging_file=os.path.join(BUNDLE_ROOT, "configs", "logging.conf"),

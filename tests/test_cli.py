@@ -18,10 +18,16 @@ def _argv(configs: list[str], *options: str) -> list[str]:
 def test_unknown_keys_name_the_closest_known_key():
     messages = unknown_keys(_argv(["inference"], "--num_sample", "4", "--bundle_root", "bundle", "--seed=1"))
     assert len(messages) == 1 and "--num_sample;" in messages[0] and "--num_samples?" in messages[0]
-    messages = unknown_keys(_argv(["train", "evaluate"], "--max_epoch", "3", "--validate#dataset#cache_rate", "0"))
+    messages = unknown_keys(
+        _argv(["inference", "train", "evaluate"], "--max_epoch", "3", "--validate#dataset#cache_rate", "0")
+    )
     assert len(messages) == 1 and "--max_epochs?" in messages[0]  # nested ids of the configs are known too
-    assert unknown_keys(_argv(["train"], "--eval_split", "test")) != []  # evaluate.json's keys only with it
-    assert unknown_keys(_argv(["train", "evaluate"], "--eval_split", "test", "--meta_file", "m.json")) == []
+    assert (
+        unknown_keys(_argv(["inference", "train"], "--eval_split", "test")) != []
+    )  # evaluate.json's keys only with it
+    assert (
+        unknown_keys(_argv(["inference", "train", "evaluate"], "--eval_split", "test", "--meta_file", "m.json")) == []
+    )
     (removed,) = unknown_keys(_argv(["inference"], "--save_uncertainty", "true"))
     assert removed.startswith("option --save_uncertainty removed in 0.4.0") and "No uncertainty map" in removed
 

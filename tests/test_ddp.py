@@ -25,7 +25,7 @@ def test_ddp_two_cpu_processes(tmp_path):
         "monai.bundle",
         "run",
         "--config_file",
-        "['configs/train.json','configs/multi_gpu_train.json']",
+        "['configs/inference.json','configs/train.json','configs/multi_gpu_train.json']",
         "--bundle_root",
         BUNDLE_ROOT,
         "--dataset_dir",

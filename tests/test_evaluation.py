@@ -26,7 +26,7 @@ def cohort(tmp_path_factory) -> str:
 
 def _save_random_network(names: list[str], runs_dir: str, run_name: str) -> None:
     """An untrained network of the config saved where evaluate.json looks for the trained one."""
-    network = make_workflow(names).parser.get_parsed_content("network_def")
+    network = make_workflow(["inference"] + names).parser.get_parsed_content("network_def")
     folder = os.path.join(runs_dir, run_name, "checkpoints")
     os.makedirs(folder, exist_ok=True)
     torch.save(network.state_dict(), os.path.join(folder, "model.pt"))
@@ -34,7 +34,12 @@ def _save_random_network(names: list[str], runs_dir: str, run_name: str) -> None
 
 def _evaluate(names: list[str], cohort: str, runs_dir: str, method: str, **overrides) -> str:
     run_workflow(
-        names + ["evaluate"], "infer", dataset_dir=cohort, runs_dir=runs_dir, method=method, **{**FAST, **overrides}
+        ["inference"] + names + ["evaluate"],
+        "infer",
+        dataset_dir=cohort,
+        runs_dir=runs_dir,
+        method=method,
+        **{**FAST, **overrides},
     )
     return os.path.join(runs_dir, "eval", overrides.get("eval_split", "test"), method)
 
@@ -92,7 +97,7 @@ def test_diffusion_methods_and_baselines(cohort, tmp_path):
 
 def test_evaluate_properties(cohort, tmp_path):
     _save_random_network(["train"], str(tmp_path), "m2diff")  # evaluate.json checks for the model before any work
-    workflow = make_workflow(["train", "evaluate"], "infer", dataset_dir=cohort, runs_dir=str(tmp_path))
+    workflow = make_workflow(["inference", "train", "evaluate"], "infer", dataset_dir=cohort, runs_dir=str(tmp_path))
     workflow.initialize()
     assert workflow.check_properties() == []
 
@@ -113,7 +118,12 @@ def test_console_table_and_mlflow(cohort, tmp_path, capsys):
 
     runs = str(tmp_path)
     run_workflow(
-        ["train", "evaluate"], "infer", tracking="mlflow", dataset_dir=cohort, runs_dir=runs, method="low_dose"
+        ["inference", "train", "evaluate"],
+        "infer",
+        tracking="mlflow",
+        dataset_dir=cohort,
+        runs_dir=runs,
+        method="low_dose",
     )
     lines = capsys.readouterr().out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:4] == ["reference", "dose", "group", "n"])

@@ -28,8 +28,8 @@ from scripts.option_checks import (
 #: the workflows tested, by the configs they merge
 WORKFLOWS = {
     "inference": (["inference"], "infer"),
-    "train": (["train"], "train"),
-    "evaluate": (["train", "evaluate"], "eval"),
+    "train": (["inference", "train"], "train"),
+    "evaluate": (["inference", "train", "evaluate"], "eval"),
 }
 #: config keys that are not options a user sets
 NOT_OPTIONS = {"bundle_root", "imports", "image_keys", "checkpoint_runs", "handlers", "run", "initialize", "finalize"}
@@ -150,6 +150,12 @@ def test_bad_values_on_the_command_line_print_one_line_each(tmp_path):
 
 
 def test_data_parallel_training_checks_the_options_first():
-    with open(config_files("multi_gpu_train")[0]) as f:
-        initialize = json.load(f)["initialize"]
-    assert initialize[0] == "@option_check" and "check_options" in _merged_config("train")["option_check"]["_target_"]
+    """multi_gpu_train.json keeps train.json's initialize: the options are checked before the process group starts."""
+    config: dict = {}
+    for file in config_files("inference", "train", "multi_gpu_train"):
+        with open(file) as f:
+            config.update(json.load(f))
+    initialize = config["initialize"]
+    assert initialize[0] == "@option_check" and "check_options" in config["option_check"]["_target_"]
+    starts = [i for i, item in enumerate(initialize) if "@process_group" in str(item)]
+    assert starts and starts[0] > 0 and config["process_group"]["_target_"].endswith("start_process_group")

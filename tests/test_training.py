@@ -33,7 +33,7 @@ def cohort(tmp_path_factory) -> str:
     return str(folder)
 
 
-def _train(cohort: str, runs_dir: str, names=("train",), **overrides):
+def _train(cohort: str, runs_dir: str, names=("inference", "train"), **overrides):
     settings = {**TINY_TRAINING, "dataset_dir": cohort, "runs_dir": runs_dir, **overrides}
     return run_workflow(list(names), **settings)
 
@@ -77,7 +77,7 @@ def test_train_config_reads_extra_training_dirs(cohort, tmp_path):
     """--extra_training_dirs adds training subjects; validation stays dataset_dir's."""
     second = tmp_path / "second"
     make_tiny_cohort(str(second))
-    workflow = make_workflow(["train"], dataset_dir=cohort, runs_dir=str(tmp_path / "runs"))
+    workflow = make_workflow(["inference", "train"], dataset_dir=cohort, runs_dir=str(tmp_path / "runs"))
     workflow.parser["extra_training_dirs"] = [str(second)]
     training = workflow.parser.get_parsed_content("train#data")
     validation = workflow.parser.get_parsed_content("validate#data")
@@ -186,15 +186,22 @@ def test_mri_dropout_rate_is_the_share_of_mri_free_samples():
 
 
 def test_validation_normalises_as_inference(cohort, tmp_path):
-    """Validation batches are whole axial slices normalised by NormaliseStudyd, sampled by the inference sampler."""
-    workflow = make_workflow(["train"], dataset_dir=cohort, runs_dir=str(tmp_path), val_num_slices=4)
+    """Validation batches are whole axial slices normalised by NormaliseStudyd, enhanced by inference's inferer with
+    the shipped settings (1 DDIM step, automatic data consistency at the slab's voxel size)."""
+    workflow = make_workflow(["inference", "train"], dataset_dir=cohort, runs_dir=str(tmp_path), val_num_slices=4)
     workflow.initialize()
     item = workflow.parser.get_parsed_content("validate#dataset")[0]
     record = workflow.parser.get_parsed_content("validate#data")[0]
     low_dose = LoadImage(image_only=True)(record["pet_low_dose"])
-    assert item["image"].shape[1:3] == low_dose.shape[:2] and item["image"].shape[-1] == 4  # no crop to the brain
+    image = item["pet_low_dose"]
+    assert image.shape[1:3] == low_dose.shape[:2] and image.shape[-1] == 4  # no crop to the brain
     assert item["pet_scale"] == pytest.approx(pet_scale(low_dose), rel=1e-6)
-    assert type(workflow.parser.get_parsed_content("validate#inferer")) is DDIMVolumeSampler
+    inferer = workflow.parser.get_parsed_content("validate#inferer")
+    assert type(inferer) is DDIMVolumeSampler and inferer is workflow.parser.get_parsed_content("inferer")
+    assert len(inferer.timesteps) == 1 and inferer.consistency_fwhm_mm == "auto"
+    batch = {k: v[None] if hasattr(v, "shape") else [v] for k, v in item.items()}
+    inputs, label, _, kwargs = workflow.parser.get_parsed_content("validate#prepare_batch")(batch)
+    assert inputs.shape == (1, 2, *image.shape[1:]) and label.shape[1] == 2 and kwargs["voxel_size_mm"] == [2.0] * 3
 
 
 def test_m2diff_train_validate_resume(cohort, tmp_path):
@@ -247,14 +254,14 @@ def test_ema_update_is_the_moving_average():
 
 @pytest.mark.parametrize("baseline", ["unet_regression", "single_branch_diffusion", "pet_only_diffusion"])
 def test_baseline_training(cohort, tmp_path, baseline):
-    workflow = _train(cohort, str(tmp_path), names=("train", f"baselines/{baseline}"))
+    workflow = _train(cohort, str(tmp_path), names=("inference", "train", f"baselines/{baseline}"))
     assert workflow.parser.get_parsed_content("train#trainer").state.iteration == 2
     assert np.isfinite(workflow.parser.get_parsed_content("validate#evaluator").state.metrics["val_psnr"])
     assert os.path.exists(os.path.join(str(tmp_path), baseline, "checkpoints", "model.pt"))
 
 
 def test_check_properties(cohort, tmp_path):
-    workflow = make_workflow(["train"], dataset_dir=cohort, runs_dir=str(tmp_path))
+    workflow = make_workflow(["inference", "train"], dataset_dir=cohort, runs_dir=str(tmp_path))
     workflow.initialize()
     assert workflow.check_properties() == []
 
@@ -289,7 +296,7 @@ def test_no_validation_subjects_still_leaves_model_for_evaluation(tmp_path):
     assert set(saved) == set(final) and all(torch.equal(saved[k], final[k]) for k in saved)
     assert all(v.device.type == "cpu" for v in saved.values())
     # evaluate.json's defaults look for runs_dir/m2diff/checkpoints/model.pt: no --model_file needed
-    run_workflow(["train", "evaluate"], "infer", dataset_dir=cohort, runs_dir=runs, num_inference_steps=1)
+    run_workflow(["inference", "train", "evaluate"], "infer", dataset_dir=cohort, runs_dir=runs, num_inference_steps=1)
     assert os.path.exists(os.path.join(runs, "eval", "test", "m2diff", "metrics.csv"))
 
 

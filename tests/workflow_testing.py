@@ -30,7 +30,7 @@ def config_files(*names: str) -> list[str]:
 
 
 def make_workflow(names: list[str], workflow_type: str = "train", tracking=None, **overrides) -> ConfigWorkflow:
-    """A ConfigWorkflow over the bundle's configs ``names`` (e.g. ``["train", "baselines/unet_regression"]``)."""
+    """A ConfigWorkflow over the bundle's configs ``names`` (e.g. ``["inference", "train"]``)."""
     return ConfigWorkflow(
         config_file=config_files(*names),
         meta_file=os.path.join(CONFIGS, "metadata.json"),

@@ -1,5 +1,6 @@
-"""Multi-process inference (``multi_gpu_inference.json``): each rank enhances its share of the studies and writes its
-own summary under ``<output_dir>/ranks/<rank>/``; rank 0 merges them into ``<output_dir>/summary.json``."""
+"""Multi-process runs: joining ``torchrun``'s process group (``multi_gpu_train.json``); in inference
+(``multi_gpu_inference.json``) each rank enhances its share of the studies and writes its own summary under
+``<output_dir>/ranks/<rank>/``; rank 0 merges them into ``<output_dir>/summary.json``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import os
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
 from scripts.enhance import SUMMARY_NAME, StudiesFailedError
@@ -16,6 +18,21 @@ from scripts.io.writers import write_json
 logger = logging.getLogger(__name__)
 
 RANKS_DIR = "ranks"
+
+
+def start_process_group(device: torch.device | str | None = None, backend: str | None = None) -> int:
+    """Join ``torchrun``'s process group (NCCL on GPUs, gloo on CPU), put this rank on its GPU; returns the rank.
+
+    ``idist.sync()`` lets ignite set up its process group on every rank before rank-0-only handlers ask for the rank.
+    """
+    import ignite.distributed as idist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend or ("nccl" if torch.cuda.is_available() else "gloo"))
+    idist.sync()
+    if torch.cuda.is_available() and device is not None:
+        torch.cuda.set_device(device)
+    return dist.get_rank()
 
 
 def merge_rank_summaries(output_dir: str | os.PathLike, raise_on_failure: bool = True) -> dict | None:

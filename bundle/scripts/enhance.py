@@ -50,7 +50,8 @@ def require_weights(path: str | os.PathLike) -> str:
     if not Path(path).is_file():
         message = (
             f"network weights {path} not found. Download the released bundle (it ships models/model.pt), or train "
-            "them: python -m monai.bundle run --bundle_root bundle --config_file bundle/configs/train.json "
+            "them: python -m monai.bundle run --bundle_root bundle --config_file "
+            "\"['bundle/configs/inference.json','bundle/configs/train.json']\" "
             "(see bundle/docs/README.md), or pass --ckpt_path /path/to/model.pt"
         )
         logger.error(message)
@@ -89,7 +90,7 @@ def _error_message(exc: BaseException, study_id: str, file: str | None) -> str:
 
 
 class StudyPrepareBatch(PrepareBatch):
-    """``(inputs, None, (), {"dose_reduction_factor": K})`` for an inferer: ``inputs`` = ``[PET, MRI]`` channels,
+    """``(inputs, label, (), {"dose_reduction_factor": K})`` for an inferer: ``inputs`` = ``[PET, MRI]`` channels,
     ``(B, 2, H, W, D)``, or ``(B, 1, H, W, D)`` when the study has no MRI (the MRI-free path). The keywords also
     carry ``voxel_size_mm`` for the data consistency: the PET's voxel size as the network sees it (after the
     preprocessing's ``Spacingd``: the training spacing, not the input file's).
@@ -99,10 +100,19 @@ class StudyPrepareBatch(PrepareBatch):
         mri_key: the normalised MRI on the PET grid (absent or ``None``: no MRI).
         drf_key: the dose reduction factor (optional).
         batched: the loader collated a batch dimension (``False``: ``single_study_collate``'s single study).
+        label_key: the target of the evaluator's metrics (training validation); ``None``: no target.
     """
 
-    def __init__(self, pet_key: str = "pet", mri_key: str = "mri", drf_key: str = "drf", batched: bool = False):
+    def __init__(
+        self,
+        pet_key: str = "pet",
+        mri_key: str = "mri",
+        drf_key: str = "drf",
+        batched: bool = False,
+        label_key: str | None = None,
+    ):
         self.pet_key, self.mri_key, self.drf_key, self.batched = pet_key, mri_key, drf_key, batched
+        self.label_key = label_key
 
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
         images = [batchdata[k] for k in (self.pet_key, self.mri_key) if batchdata.get(k) is not None]
@@ -115,7 +125,10 @@ class StudyPrepareBatch(PrepareBatch):
         if isinstance(pet, MetaTensor):  # a batch shares one grid here: the first study's voxel size
             affine = pet.affine[0] if pet.affine.ndim == 3 else pet.affine
             spacing = [float(v) for v in affine_to_spacing(affine, r=3)]
-        return inputs, None, (), {"dose_reduction_factor": drf, "voxel_size_mm": spacing}
+        label = (
+            None if self.label_key is None else batchdata[self.label_key].to(device=device, non_blocking=non_blocking)
+        )
+        return inputs, label, (), {"dose_reduction_factor": drf, "voxel_size_mm": spacing}
 
 
 class StudyEnhancer(SupervisedEvaluator):
@@ -137,6 +150,8 @@ class StudyEnhancer(SupervisedEvaluator):
     def __init__(self, device: torch.device | str, val_data_loader: Any, network: nn.Module, inferer: Any, **kwargs):
         kwargs.setdefault("decollate", False)
         kwargs.setdefault("prepare_batch", StudyPrepareBatch())
+        if kwargs.get("val_handlers"):  # a handler the config disabled comes as None (evaluate.json's weights)
+            kwargs["val_handlers"] = [handler for handler in kwargs["val_handlers"] if handler is not None]
         super().__init__(device=device, val_data_loader=val_data_loader, network=network, inferer=inferer, **kwargs)
 
     def _method(self, mri_free: bool) -> str:

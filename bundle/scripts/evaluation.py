@@ -1,11 +1,11 @@
-"""Score enhanced studies against the standard-dose images, per study, and summarise per method, dose and group.
+"""Score the studies inference wrote against the standard-dose images, per study, and summarise per method and dose.
 
-configs/evaluate.json runs inference's preprocessing (``NormaliseStudyd``) and sampler on whole volumes;
-``scripts.enhance.StudyPrepareBatch`` gives the inferer ``[LD, MRI]`` and the dose level (for dose-dependent baselines).
-:class:`StudyEvaluationHandler` is attached to the evaluator of configs/evaluate.json: after each study it puts the
-output back into activity units (x ``pet_scale``), scores it against the standard-dose (SD) and the noise-free SD
-images (``scripts.metrics``), times it, and draws a panel (``scripts.plotting``); at the end it writes
-``metrics.csv`` and ``summary.json``.
+configs/evaluate.json runs inference's own workflow (configs/inference.json: preprocessing, inferer, restore,
+writer) on a split of a cohort: :func:`study_records` turns the split's records into inference studies, and
+:class:`StudyEvaluationHandler`, attached to inference's engine, reads each written ``<id>_enhanced.nii.gz`` and
+scores it against the standard-dose (SD) and the noise-free SD images (``scripts.metrics``), draws a panel
+(``scripts.plotting``), and at the end writes ``metrics.csv`` and ``summary.json``. The numbers are those of the
+files inference writes, by construction.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import time
 from collections import defaultdict
 
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.transforms import Compose, LoadImaged, Orientationd
 
 from scripts import metrics
 from scripts.faithfulness import lesion_contrast, pattern_retention
@@ -44,11 +44,6 @@ SUBSETS = {"has_lesions": "lesion", "t1_whole_head": "whole_head"}
 
 def _array(x) -> np.ndarray:
     return np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
-
-
-def _flag(value) -> bool:
-    """A record's true/false flag, also after collation (a one-element list or tensor)."""
-    return bool(np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value).ravel()[:1].any())
 
 
 def _faithfulness(enhanced: np.ndarray, ref: np.ndarray, study: dict) -> dict:
@@ -162,101 +157,128 @@ def final_metrics(summary: dict) -> dict[str, float]:
     return flat
 
 
-class StudyEvaluationHandler:
-    """Scores each enhanced study of an evaluator; writes ``metrics.csv``, ``summary.json`` and panels.
-
-    The evaluator's ``pred`` is ``(2, H, W, D)`` (enhanced, std) in normalised units; the batch item holds
-    ``pet_scale``, ``pet_low_dose``/``t1`` (normalised), ``pet_sd``, ``pet_sd_noisefree`` (activity units),
-    ``brain_mask``, ``labels``, ``id``, ``group`` and ``dose_reduction_factor``.
+def study_records(records: list[dict], with_mri: bool = True) -> list[dict]:
+    """Inference studies (``id``, ``pet``, ``mri``, ``drf``) of per-dose records (``scripts.training.load_cohort``).
 
     Args:
+        records: one record per (subject, dose level), with ``pet_low_dose``, ``t1``, ``dose_reduction_factor``.
+        with_mri: give the T1 (``False``: the MRI-free path, as a study without MRI).
+    """
+    studies = []
+    for record in records:
+        study = {"id": study_id(record), "pet": record["pet_low_dose"], "drf": record["dose_reduction_factor"]}
+        studies.append({**study, "mri": record["t1"]} if with_mri else study)
+    return studies
+
+
+def study_id(record: dict) -> str:
+    """The inference study id of a per-dose cohort record: ``<subject>_drf<level>`` (a subject folder becomes ``-``)."""
+    return f"{record['id']}_drf{record['dose_level']}".replace("/", "-")
+
+
+#: images of a cohort record the scorer reads besides the enhanced file (those present)
+IMAGE_KEYS = ("t1", "pet_low_dose", "pet_sd", "pet_sd_noisefree", "brain_mask", "labels", "lesion_mask")
+
+
+def load_images(paths: dict) -> dict:
+    """``{key: (H, W, D) float64}`` of NIfTI files in RAS, plus ``affine`` (of the last image: one grid)."""
+    load = Compose(
+        [
+            LoadImaged(list(paths), image_only=True, ensure_channel_first=True, dtype=np.float32),
+            Orientationd(list(paths), axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+        ]
+    )
+    images = load(dict(paths))
+    arrays = {key: _array(image)[0] for key, image in images.items()}
+    arrays["affine"] = _array(images[list(paths)[-1]].affine)
+    return arrays
+
+
+class StudyEvaluationHandler:
+    """Score each study inference wrote; write ``metrics.csv``, ``summary.json`` and panels.
+
+    Attached to inference's engine (``scripts.enhance.StudyEnhancer``), whose iteration output is the study's
+    record: its status, the written ``outputs["enhanced"]``, ``seconds``, ``network_calls_per_slice``,
+    ``consistency_fwhm_mm`` and ``network_grid``.
+
+    Args:
+        records: the per-dose cohort records enhanced (references, ``group``, dose, subset flags).
         output_dir: folder of the outputs.
         method: method name written in every row.
-        num_inference_steps: sampler steps (recorded with every metric; 0 for non-diffusion methods).
         save_panels: draw a PNG panel per study.
         per_slice_threshold: mask threshold of the paper's per-slice protocol.
     """
 
     def __init__(
         self,
+        records: list[dict],
         output_dir: str,
         method: str,
-        num_inference_steps: int = 0,
         save_panels: bool = True,
         per_slice_threshold: float = 0.05,
     ) -> None:
+        self.records = {study_id(record): record for record in records}
         self.output_dir = output_dir
         self.method = method
-        self.num_inference_steps = num_inference_steps
         self.save_panels = flag(save_panels, "save_panels")
         self.per_slice_threshold = per_slice_threshold
+        self.num_inference_steps = 0
         self.rows: list[dict] = []
-        self._started = 0.0
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._reset)
-        engine.add_event_handler(Events.ITERATION_STARTED, self._tic)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._score)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)  # before a tracker's epoch-end logging
 
     def _reset(self, engine: Engine) -> None:
         self.rows = []
+        self.num_inference_steps = len(getattr(engine.inferer, "timesteps", ()))  # 0: not a diffusion method
         os.makedirs(self.output_dir, exist_ok=True)
 
-    def _tic(self, engine: Engine) -> None:
-        self._started = time.perf_counter()
-
     def _score(self, engine: Engine) -> None:
-        seconds = time.perf_counter() - self._started
-        batch, output = engine.state.batch, engine.state.output
-        batch, output = (batch, output) if isinstance(batch, list) else ([batch], [output])
-        calls = int(getattr(engine.inferer, "network_calls_per_slice", 0))
-        cutoffs = list(getattr(engine.inferer, "consistency_cutoffs_mm", []))
-        cutoffs += [0.0] * (len(batch) - len(cutoffs))  # methods without data consistency
-        for item, out, cutoff in zip(batch, output, cutoffs):
-            scale = float(item["pet_scale"])
-            pred = _array(out["pred"]) * scale
-            study = {k: _array(item[k])[0] for k in ("pet_sd", "pet_sd_noisefree", "brain_mask") if k in item}
-            if "lesion_mask" in item:
-                study["lesion_mask"] = _array(item["lesion_mask"])[0].astype(np.int32)
-            if "labels" in item:
-                study["labels"] = _array(item["labels"])[0].astype(np.int32)
-                study["affine"] = _array(item["labels"].affine)
-            info = {
-                "id": str(item["id"]),
-                "group": str(item["group"]),
-                "dose_reduction_factor": float(item["dose_reduction_factor"]),
-                "dose_level": str(item["dose_level"]),
-                "method": self.method,
-                "num_inference_steps": self.num_inference_steps,
-                "seconds": seconds / len(batch),
-                "network_calls_per_slice": calls,
-                "network_calls_per_volume": calls * pred.shape[-1],
-                "consistency_fwhm_mm": cutoff,
-                **{flag: _flag(item.get(flag)) for flag in SUBSETS},
-            }
-            for row in score_study(pred[0], study, self.per_slice_threshold):
-                self.rows.append({**info, **row})
-            if self.save_panels:
-                self._panel(item, pred, study, info)
+        result = engine.state.output
+        if result.get("status") != "ok":  # inference recorded the failure; the run ends with it
+            return
+        record = self.records[result["id"]]
+        paths = {key: record[key] for key in IMAGE_KEYS if record.get(key)}
+        study = load_images({"pred": result["outputs"]["enhanced"], **paths})
+        for key in ("labels", "lesion_mask"):
+            if key in study:
+                study[key] = study[key].astype(np.int32)
+        calls = int(result.get("network_calls_per_slice") or 0)
+        info = {
+            "id": str(record["id"]),
+            "group": str(record["group"]),
+            "dose_reduction_factor": float(record["dose_reduction_factor"]),
+            "dose_level": str(record["dose_level"]),
+            "method": self.method,
+            "num_inference_steps": self.num_inference_steps,
+            "seconds": float(result["seconds"]),
+            "network_calls_per_slice": calls,
+            "network_calls_per_volume": calls * int(result["network_grid"]["shape"][-1]),
+            "consistency_fwhm_mm": float(result.get("consistency_fwhm_mm") or 0.0),
+            **{flag: bool(record.get(flag)) for flag in SUBSETS},
+        }
+        for row in score_study(study["pred"], study, self.per_slice_threshold):
+            self.rows.append({**info, **row})
+        if self.save_panels:
+            self._panel(study, info)
 
-    def _panel(self, item: dict, pred: np.ndarray, study: dict, info: dict) -> None:
+    def _panel(self, study: dict, info: dict) -> None:
         mask = study["brain_mask"] > 0
         k = int(np.argmax(mask.sum(axis=(0, 1))))
-        scale = float(item["pet_scale"])
         images = {
-            "MRI": _array(item["t1"])[0][..., k],
-            "low dose": _array(item["pet_low_dose"])[0][..., k] * scale,
-            "enhanced": pred[0][..., k],
+            "MRI": study["t1"][..., k],
+            "low dose": study["pet_low_dose"][..., k],
+            "enhanced": study["pred"][..., k],
             "standard dose": study["pet_sd"][..., k],
-            "|error|": np.abs(pred[0] - study["pet_sd"])[..., k],
+            "|error|": np.abs(study["pred"] - study["pet_sd"])[..., k],
         }
         os.makedirs(os.path.join(self.output_dir, "panels"), exist_ok=True)
         name = f"{info['id']}_drf{info['dose_level']}"
         title = f"{self.method}: {info['id']} ({info['group']}), dose 1/{info['dose_reduction_factor']:.3g}"
-        affine = study.get("affine")
-        position = slice_position(affine, 2, k, mask.shape)
-        figure = evaluation_figure(images, title, units="Bq/ml", affine=affine, position=position)
+        position = slice_position(study["affine"], 2, k, mask.shape)
+        figure = evaluation_figure(images, title, units="Bq/ml", affine=study["affine"], position=position)
         save_figure(figure, os.path.join(self.output_dir, "panels", f"{name}.png"))
 
     def _write(self, engine: Engine) -> None:

@@ -63,7 +63,8 @@ class GaussianFilterInferer(Inferer):
             (``{drf: fwhm}``, e.g. chosen on validation subjects by ``scripts.baselines.search_gaussian_fwhm``); the
             dose level then comes as the ``dose_reduction_factor`` keyword of the call; a level without its own FWHM
             takes that of the nearest level on a log scale (e.g. 33 -> 20's, 75 -> 100's).
-        voxel_size_mm: voxel size, in mm (one number or one per axis).
+        voxel_size_mm: voxel size, in mm (one number or one per axis); the ``voxel_size_mm`` keyword of the call
+            (``scripts.enhance.StudyPrepareBatch``: the grid the study was resampled to) takes precedence.
     """
 
     network_calls_per_slice = 0
@@ -74,7 +75,13 @@ class GaussianFilterInferer(Inferer):
         self.voxel_size_mm = [float(voxel_size_mm)] * 3 if isinstance(voxel_size_mm, (int, float)) else voxel_size_mm
 
     def __call__(
-        self, inputs: torch.Tensor, network: nn.Module | None = None, *args, dose_reduction_factor=None, **kwargs
+        self,
+        inputs: torch.Tensor,
+        network: nn.Module | None = None,
+        *args,
+        dose_reduction_factor=None,
+        voxel_size_mm=None,
+        **kwargs,
     ) -> torch.Tensor:
         _check_inputs(inputs)
         low_dose = inputs[:, :1].float()
@@ -85,6 +92,6 @@ class GaussianFilterInferer(Inferer):
             fwhm = fwhm[min(fwhm, key=lambda level: abs(math.log(level / float(dose_reduction_factor))))]
         if fwhm <= 0:
             return low_dose
-        smooth = GaussianSmooth(sigma=[fwhm_to_sigma(fwhm) / s for s in self.voxel_size_mm])
+        smooth = GaussianSmooth(sigma=[fwhm_to_sigma(fwhm) / s for s in voxel_size_mm or self.voxel_size_mm])
         filtered = torch.stack([torch.as_tensor(smooth(study)) for study in low_dose])
         return filtered.to(inputs.device)
