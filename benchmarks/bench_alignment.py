@@ -18,8 +18,8 @@ PET's grid, half of them whole-head). Four steps:
     python benchmarks/bench_alignment.py cases --out data/recovery --split validation
     python benchmarks/bench_alignment.py checks --out data/recovery --split validation
     python benchmarks/bench_alignment.py enhance --out data/recovery --split test --case shift_4mm
-    python benchmarks/bench_alignment.py enhance --out data/recovery --split test --case aligned --name aligned_trusted \
-        --override --register_mri false
+    python benchmarks/bench_alignment.py enhance --out data/recovery --split test --case aligned \
+        --name aligned_trusted --override --register_mri false
     python benchmarks/bench_alignment.py score --out data/recovery --split test
 """
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -183,7 +182,8 @@ def score(out: Path, split: str) -> None:
     reference = psnr.get("aligned_trusted")
     mri_free = psnr.get("mri_free")
     print(
-        f"{split} split, 1/{DOSE} dose, {len(next(iter(psnr.values())))} studies: brain PSNR (dB) against the noise-free SD"
+        f"{split} split, 1/{DOSE} dose, {len(next(iter(psnr.values())))} studies: "
+        "brain PSNR (dB) against the noise-free SD"
     )
     print(
         "| run | PSNR mean | vs aligned, header trusted: mean (worst) | vs MRI-free: worst | MRI kept | reg. s (max) |"

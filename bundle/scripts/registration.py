@@ -159,10 +159,10 @@ class RegisterMRId(MapTransform):
     """Register the MRI to the PET, resample it onto the PET's grid, and keep it only if it passes both checks.
 
     Records ``mri_registration`` in the study: ``registered`` (bool), the transform (``rotation_deg``: Euler angles
-    about the grid's axes, ``translation_mm``: how far the grid's centre moved), ``mattes_mi``, ``iterations``, ``seconds``, the checks'
-    ``nmi``/``gain``/``prominence``/``white_grey_ratio``, and ``used`` (False: the MRI was dropped, ``reason`` says
-    why). Without an MRI it does nothing; a PET grid too small to register on (:data:`MIN_AXIS_VOXELS`) keeps the
-    MRI where its header places it, with a warning line and a ``note``.
+    about the grid's axes, ``translation_mm``: how far the grid's centre moved), ``mattes_mi``, ``iterations``,
+    ``seconds``, the checks' ``nmi``/``gain``/``prominence``/``white_grey_ratio``, and ``used`` (False: the MRI was
+    dropped, ``reason`` says why). Without an MRI it does nothing; a PET grid too small to register on
+    (:data:`MIN_AXIS_VOXELS`) keeps the MRI where its header places it, with a warning line and a ``note``.
 
     Args:
         pet_key, mri_key: the PET (on the network's grid) and the MRI (any grid, its own affine).
