@@ -14,7 +14,7 @@ import pydicom
 import torch
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, PositronEmissionTomographyImageStorage, generate_uid
 
 from scripts.constants import F18_HALF_LIFE_S
 
@@ -25,8 +25,6 @@ BUNDLE = REPO / "bundle"
 CONFIG = BUNDLE / "configs" / "inference.json"
 META = BUNDLE / "configs" / "metadata.json"
 LOGGING = BUNDLE / "configs" / "logging.conf"
-PET_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.128"
-MR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.4"
 
 TINY_NETWORK = {
     "network_def#base_channels": 8,
@@ -128,7 +126,7 @@ def write_dicom_series(
         if k in skip_slices:
             continue
         ds = Dataset()
-        ds.SOPClassUID = PET_SOP_CLASS if modality == "PT" else MR_SOP_CLASS
+        ds.SOPClassUID = PositronEmissionTomographyImageStorage if modality == "PT" else MRImageStorage
         ds.SOPInstanceUID = generate_uid()
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
         ds.Modality, ds.PatientName, ds.PatientID = modality, "Test^Phantom", "TEST01"

@@ -111,6 +111,17 @@ def test_suv_decay_reference_is_the_series_start_not_the_last_slice(tmp_path, pe
     assert calibration.factor == pytest.approx(70_000 / (200e6 * 2 ** (-3600 / F18_HALF_LIFE_S)), rel=1e-9)
 
 
+def test_suv_reads_an_injection_datetime_without_seconds(tmp_path, pet_volume):
+    """RadiopharmaceuticalStartDateTime YYYYMMDDHHMM (a valid DT, read by pydicom) is 09:30 of the series' day."""
+    folder = write_dicom_series(pet_volume, tmp_path / "pet", injection_time="080000", series_time="103000")
+    for f in folder.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.RadiopharmaceuticalInformationSequence[0].RadiopharmaceuticalStartDateTime = "202501020930"
+        ds.save_as(f)
+    calibration = suv_calibration(read_dicom_series(folder), folder)
+    assert calibration.factor == pytest.approx(70_000 / (200e6 * 2 ** (-3600 / F18_HALF_LIFE_S)), rel=1e-9)
+
+
 def test_suv_admin_decay_correction_uses_the_injected_dose(tmp_path, pet_volume):
     folder = write_dicom_series(pet_volume, tmp_path / "pet", weight_kg=60.0, dose_bq=250e6, decay_correction="ADMIN")
     assert suv_calibration(read_dicom_series(folder), folder).factor == pytest.approx(60_000 / 250e6)

@@ -25,6 +25,7 @@ from dicom_node_testing import (
     wait_for,
 )
 from inference_testing import BUNDLE, run_workflow, save_tiny_weights, write_datalist
+from pynetdicom.sop_class import EnhancedPETImageStorage
 
 from scripts.dicom_node import DicomNode, Spool, StudyFailed, study_inputs
 from scripts.dicom_node.node import ENHANCED_MARKER, OUTPUT_DIR, STUDY_ID
@@ -62,9 +63,9 @@ def test_spool_groups_by_study_and_checks_each_study(tmp_path):
     enhanced_pet = make_study(tmp_path / "d", seed=4, with_mri=False)
     for path in study_files(enhanced_pet):  # a multi-frame Enhanced PET: not read by the bundle
         ds = pydicom.dcmread(path)
-        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.130"
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = EnhancedPETImageStorage
         ds.save_as(path)
-    with pytest.raises(StudyFailed, match="unsupported SOP class 1.2.840.10008.5.1.4.1.1.130"):
+    with pytest.raises(StudyFailed, match=f"unsupported SOP class {EnhancedPETImageStorage}"):
         study_inputs(spool_study(spool, enhanced_pet))
 
     corrupt = spool_study(spool, make_study(tmp_path / "e", seed=5, with_mri=False))

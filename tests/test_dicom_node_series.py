@@ -8,10 +8,10 @@ import pydicom
 import pytest
 from dicom_node_testing import CountingStorage, copy_series, make_study, study_files
 from inference_testing import BUNDLE
+from pynetdicom.sop_class import BasicTextSRStorage, EnhancedMRImageStorage
 
 from scripts.dicom_node import DicomNode, Spool, StudyFailed, StudyIncomplete, study_inputs
-from scripts.dicom_node.report import BASIC_TEXT_SR
-from scripts.dicom_node.series import ENHANCED_MR_STORAGE, declared_slices, read_series
+from scripts.dicom_node.series import declared_slices, read_series
 
 SLICES = 10
 
@@ -70,7 +70,7 @@ def test_ambiguous_pet_and_enhanced_mr_are_refused_with_a_reason(tmp_path):
         study_inputs(spool_files(spool, study_files(study) + sorted(second_ac.iterdir())))
 
     other = make_study(tmp_path / "other", seed=3)
-    enhanced_mr = copy_series(other["mri"], tmp_path / "emr", "emr", SOPClassUID=ENHANCED_MR_STORAGE)
+    enhanced_mr = copy_series(other["mri"], tmp_path / "emr", "emr", SOPClassUID=EnhancedMRImageStorage)
     files = sorted(other["pet"].iterdir()) + sorted(enhanced_mr.iterdir())
     with pytest.raises(StudyFailed, match="is Enhanced MR Image Storage .multi-frame., which the node does not read"):
         study_inputs(spool_files(spool, files))
@@ -130,6 +130,6 @@ def test_an_incomplete_study_waits_then_fails_with_the_count_and_only_a_failure_
     assert reason.startswith("incomplete, no instance for 0 s, no result sent") and "4 of 10 slices received" in reason
     assert not folder.exists() and len(destination.datasets) == 1  # the report, no enhanced instance
     report = destination.datasets[0]
-    assert (report.SOPClassUID, report.Modality, report.StudyInstanceUID) == (BASIC_TEXT_SR, "SR", folder.name)
+    assert (report.SOPClassUID, report.Modality, report.StudyInstanceUID) == (BasicTextSRStorage, "SR", folder.name)
     assert report.PatientID == pydicom.dcmread(pet[0]).PatientID and report.SeriesDescription.startswith("RESEARCH")
     assert report.ContentSequence[0].TextValue.startswith(reason.strip())

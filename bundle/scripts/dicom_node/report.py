@@ -11,10 +11,10 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom.sop_class import BasicTextSRStorage
 
 from scripts.io.dicom import RESEARCH_USE, RESEARCH_USE_SHORT, derived_uid
 
-BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 REPORT_SERIES_NUMBER = 1999
 #: patient and study attributes copied from the study's instances
 COPIED = (
@@ -50,7 +50,7 @@ def failure_report(source: Dataset, reason: str, version: str, path: Path) -> Pa
     for keyword in COPIED:
         setattr(ds, keyword, source.get(keyword, ""))
     now = datetime.datetime.now()
-    ds.SOPClassUID = BASIC_TEXT_SR
+    ds.SOPClassUID = BasicTextSRStorage
     ds.SeriesInstanceUID = derived_uid(source.StudyInstanceUID, "M2Diff failure report", version)
     ds.SOPInstanceUID = derived_uid(ds.SeriesInstanceUID, "1")
     ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "SR", REPORT_SERIES_NUMBER, 1

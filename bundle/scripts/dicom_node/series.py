@@ -24,15 +24,17 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pynetdicom.sop_class import (
+    EnhancedMRImageStorage,
+    EnhancedPETImageStorage,
+    MRImageStorage,
+    PositronEmissionTomographyImageStorage,
+)
 
 from scripts.io.dicom import RESEARCH_USE, RESEARCH_USE_SHORT
 
 from .spool import series_folders
 
-PET_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.128"
-ENHANCED_PET_STORAGE = "1.2.840.10008.5.1.4.1.1.130"
-MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
-ENHANCED_MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
 T1_WORDS = ("T1", "MPRAGE", "SPGR", "TFE", "BRAVO")
 LOCALISER_WORDS = {"LOC", "LOCALIZER", "LOCALISER", "SCOUT", "SURVEY", "3PLANE", "TRIPILOT", "AAHEAD"}
 CONTRAST_WORDS = {"POST", "GAD", "GD", "C+", "+C", "CE", "CONTRAST", "GADO", "POSTGAD", "POSTCONTRAST"}
@@ -143,9 +145,9 @@ def _pet_exclusion(series: SeriesHeaders) -> str | None:
     ):
         return "a result of this node"
     sop_class = str(series.first.get("SOPClassUID", ""))
-    if sop_class == ENHANCED_PET_STORAGE:
+    if sop_class == EnhancedPETImageStorage:
         return f"unsupported SOP class {sop_class} (Enhanced PET, multi-frame; the node reads PET Image Storage)"
-    if sop_class != PET_IMAGE_STORAGE:
+    if sop_class != PositronEmissionTomographyImageStorage:
         return f"unsupported SOP class {sop_class} (the node reads PET Image Storage)"
     if series.values("ImageType")[:1] == ["DERIVED"]:
         return "derived (ImageType DERIVED)"
@@ -198,7 +200,7 @@ def _t1_exclusion(series: SeriesHeaders) -> str | None:
         return "post-contrast"
     if series.text("MRAcquisitionType") not in ("", "3D"):
         return f"a {series.text('MRAcquisitionType')} acquisition (3D expected)"
-    if len(series.files) < MIN_T1_SLICES and str(series.first.get("SOPClassUID")) == MR_IMAGE_STORAGE:
+    if len(series.files) < MIN_T1_SLICES and str(series.first.get("SOPClassUID")) == MRImageStorage:
         return f"{len(series.files)} slices"
     return None
 
@@ -220,8 +222,8 @@ def choose_t1(series: list[SeriesHeaders]) -> tuple[SeriesHeaders | None, list[s
     skipped = [(s, _t1_exclusion(s)) for s in mrs]
     notes = [f"MR series {s.name} left out: {why}" for s, why in skipped if why]
     candidates = [s for s, why in skipped if not why]
-    enhanced = [s for s in candidates if str(s.first.get("SOPClassUID")) == ENHANCED_MR_STORAGE]
-    classic = [s for s in candidates if str(s.first.get("SOPClassUID")) == MR_IMAGE_STORAGE]
+    enhanced = [s for s in candidates if str(s.first.get("SOPClassUID")) == EnhancedMRImageStorage]
+    classic = [s for s in candidates if str(s.first.get("SOPClassUID")) == MRImageStorage]
     if enhanced and not classic:
         raise StudyFailed(
             f"T1 series {enhanced[0].name} is Enhanced MR Image Storage (multi-frame), which the node does not read; "

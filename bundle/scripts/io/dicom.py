@@ -23,6 +23,7 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.valuerep import DA, DT, TM
 
 from ..constants import LPS_TO_RAS
 from .errors import StudyError
@@ -162,26 +163,27 @@ def _check_slice_spacing(along_normal: list[float], names: list[str], folder: Pa
 
 
 def _parse_datetime(date: str | None, time: str | None) -> datetime.datetime | None:
-    """DICOM DA + TM (or a DT in ``time``) -> datetime; ``None`` when absent or unparsable."""
-    if not time:
-        return None
-    text = str(time).strip()
-    if len(text) >= 14 and "." not in text[:14] and not date:  # a DT value: YYYYMMDDHHMMSS[.ffffff]
-        date, text = text[:8], text[8:]
-    text = text.split("+")[0].split("-")[0]
-    hms, _, frac = text.partition(".")
-    hms = hms.ljust(6, "0")
+    """DICOM DA + TM -> datetime (pydicom's ``DA`` and ``TM``; 1900-01-01 without a DA); ``None`` when absent or
+    unparsable."""
     try:
-        clock = datetime.time(int(hms[:2]), int(hms[2:4]), int(hms[4:6]), int((frac + "000000")[:6]))
-        day = datetime.datetime.strptime(str(date).strip(), "%Y%m%d").date() if date else datetime.date(1900, 1, 1)
+        day = DA(str(date).strip()) if date else datetime.date(1900, 1, 1)
+        return datetime.datetime.combine(day, TM(str(time).strip())) if time else None
     except ValueError:
         return None
-    return datetime.datetime.combine(day, clock)
+
+
+def _parse_dt(value: str | None) -> datetime.datetime | None:
+    """DICOM DT -> naive datetime (pydicom's ``DT``; its UTC offset is dropped); ``None`` when absent or unparsable."""
+    try:
+        moment = DT(str(value).strip())
+    except ValueError:
+        return None
+    return datetime.datetime.combine(moment.date(), moment.time())
 
 
 def _acquisition_datetime(ds: Dataset) -> datetime.datetime | None:
     if ds.get("AcquisitionDateTime"):
-        return _parse_datetime(None, ds.AcquisitionDateTime)
+        return _parse_dt(ds.AcquisitionDateTime)
     return _parse_datetime(ds.get("AcquisitionDate") or ds.get("SeriesDate"), ds.get("AcquisitionTime"))
 
 
@@ -246,7 +248,7 @@ def _bqml_to_suv(series: DicomSeries) -> tuple[float, str]:
     if correction != "START":
         raise ValueError(f"DecayCorrection '{correction}' is not supported for SUV (expected START or ADMIN)")
     injection = (
-        _parse_datetime(None, drug.get("RadiopharmaceuticalStartDateTime"))
+        _parse_dt(drug.get("RadiopharmaceuticalStartDateTime"))
         if drug.get("RadiopharmaceuticalStartDateTime")
         else _parse_datetime(ds.get("SeriesDate"), drug.get("RadiopharmaceuticalStartTime"))
     )
