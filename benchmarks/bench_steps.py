@@ -20,13 +20,14 @@ import time
 import nibabel as nib
 import numpy as np
 import torch
+from monai.data import MetaTensor
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(REPO, "bundle"))
 
 from scripts.metrics import masked_psnr, masked_ssim  # noqa: E402
 from scripts.network import M2DiffNet  # noqa: E402
-from scripts.normalise import NormaliseStudyd  # noqa: E402
+from scripts.normalise import NormaliseStudyd, restore_units  # noqa: E402
 from scripts.sampler import DDIMVolumeSampler  # noqa: E402
 from scripts.training import load_cohort  # noqa: E402
 
@@ -66,13 +67,13 @@ def main() -> None:
     normalise = NormaliseStudyd(["pet_low_dose"], "pet_low_dose", "t1")  # inference's normalisation
     cases = []
     for record in records:
-        study = normalise({key: torch.from_numpy(volume(record[key])) for key in ("pet_low_dose", "t1")})
+        study = normalise({key: MetaTensor(volume(record[key])) for key in ("pet_low_dose", "t1")})
         sd, mask = volume(record["pet_sd"]), volume(record["brain_mask"]) > 0
-        inputs = torch.stack([study["pet_low_dose"], study["t1"]])[None]  # (1, 2, H, W, D) as at inference
+        inputs = torch.stack([study["pet_low_dose"], study["t1"]]).as_tensor()[None]  # (1, 2, H, W, D) as at inference
         if args.slab:
             first = (sd.shape[-1] - args.slab) // 2
             inputs, sd, mask = (v[..., first : first + args.slab] for v in (inputs, sd, mask))
-        cases.append((record, inputs, sd, mask, study["pet_scale"]))
+        cases.append((record, inputs, sd, mask, study["pet_low_dose"]))
     where = f"central {args.slab} slices" if args.slab else "whole volume"
     print(
         f"{where} of {len(cases)} validation volumes ({len({c[0]['id'] for c in cases})} subjects, DRF {args.drf}), "
@@ -86,11 +87,11 @@ def main() -> None:
             for steps in args.steps:
                 sampler = DDIMVolumeSampler(steps, warm_t, samples, args.slice_batch_size, seed=0, progress=False)
                 rows: dict[int, list] = {}
-                for record, inputs, sd, mask, scale in cases:
+                for record, inputs, sd, mask, low_dose in cases:
                     start = time.perf_counter()
                     pred = sampler(inputs, network)
                     seconds = time.perf_counter() - start
-                    enhanced = pred[0, 0].numpy() * scale
+                    enhanced = restore_units(pred[0, 0], low_dose).numpy()
                     rows.setdefault(record["dose_reduction_factor"], []).append(
                         (masked_psnr(enhanced, sd, mask), masked_ssim(enhanced, sd, mask), seconds)
                     )

@@ -16,6 +16,7 @@ import scripts.qc
 from scripts.enhance import StudySummaryHandler, bundle_version
 from scripts.io.dicom import RESEARCH_USE
 from scripts.io.writers import nifti_description, write_nifti
+from scripts.normalise import NormaliseStudyd
 from scripts.plotting import qc_figure
 
 
@@ -49,10 +50,11 @@ def test_qc_panel_footer_names_the_display_convention():
 def test_qc_panel_of_a_study_says_version_research_use_and_mri_free(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
     import torch
+    from monai.data import MetaTensor
 
     drawn = []
     monkeypatch.setattr(scripts.qc, "qc_figure", lambda *volumes, **kwargs: drawn.append(kwargs) or plt.figure())
-    pet = torch.full((1, 6, 6, 4), 0.5)
+    pet = NormaliseStudyd(["pet"], mri_key=None)({"pet": MetaTensor(torch.full((1, 6, 6, 4), 0.5))})["pet"]
     panel = scripts.qc.SaveQCPaneld(str(tmp_path))
     panel({"id": "no_mri", "pet": pet, "pred": pet})
     panel({"id": "with_mri", "pet": pet, "pred": pet, "mri": pet, "method": "1 DDIM step, 1 sample, MRI-guided"})

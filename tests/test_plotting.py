@@ -49,9 +49,10 @@ def test_qc_panel_shows_activity_units_not_normalised_values(tmp_path, monkeypat
     """The panel is drawn before Invertd: the PET images must be multiplied back by the study's scale."""
     import matplotlib.pyplot as plt
     import torch
+    from monai.data import MetaTensor
 
     import scripts.qc
-    from scripts.normalise import PET_SCALE_KEY
+    from scripts.normalise import NormaliseStudyd
 
     drawn = {}
 
@@ -60,7 +61,8 @@ def test_qc_panel_shows_activity_units_not_normalised_values(tmp_path, monkeypat
         return plt.figure()
 
     monkeypatch.setattr(scripts.qc, "qc_figure", capture)
-    pet = torch.full((1, 6, 6, 4), 0.5)
-    data = {"id": "s", "pet": pet, "pred": pet * 2, "mri": torch.ones(1, 6, 6, 4), PET_SCALE_KEY: 8000.0}
-    scripts.qc.SaveQCPaneld(str(tmp_path))(data)
+    data = NormaliseStudyd(["pet"])(
+        {"pet": MetaTensor(torch.full((1, 6, 6, 4), 4000.0)), "mri": torch.ones(1, 6, 6, 4)}
+    )
+    scripts.qc.SaveQCPaneld(str(tmp_path))({"id": "s", **data, "pred": data["pet"].as_tensor() * 2})
     assert drawn["pet"].max() == 4000.0 and drawn["pred"].max() == 8000.0 and drawn["mri"].max() == 1.0

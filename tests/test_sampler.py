@@ -6,7 +6,7 @@ import torch
 from monai.networks.schedulers import DDIMScheduler
 from network_testing import tiny_network
 
-from scripts.normalise import NormaliseStudyd, pet_scale
+from scripts.normalise import NormaliseStudyd, pet_scale, restore_units
 from scripts.sampler import DDIMVolumeSampler, ddim_step, ddim_timesteps, make_noise_scheduler, slice_stack
 
 
@@ -209,6 +209,11 @@ def test_normalisation_is_inverted_exactly():
     torch.testing.assert_close(restored["pet"].as_tensor(), pet.as_tensor())
     torch.testing.assert_close(restored["mri"].as_tensor(), mri.as_tensor())
     assert "mri" not in normalise({"pet": pet}) and not pet.applied_operations  # MRI optional; input untouched
+    # the network's output (no trace of its own) takes the normalised PET's scale; the trace is read, not popped
+    torch.testing.assert_close(restore_units(study["pet"].as_tensor(), study["pet"]), pet.as_tensor())
+    assert restored["pet"].applied_operations == [] and len(study["pet"].applied_operations) == 1
+    with pytest.raises(ValueError, match="not NormaliseStudyd"):
+        restore_units(pet, pet)
 
 
 def test_automatic_data_consistency_widens_the_cut_off_for_a_noisier_study():

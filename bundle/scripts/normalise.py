@@ -1,7 +1,8 @@
 """Per-study intensity normalisation of PET and MRI, an invertible MONAI transform used by every path to the network.
 
 The PET images of a study are divided by one number, the low-dose image's mean bright-tissue activity
-(:func:`pet_scale`), the MRI by its own (:func:`mri_scale`); ``inverse`` (or ``Invertd``) multiplies the units back.
+(:func:`pet_scale`), the MRI by its own (:func:`mri_scale`); ``inverse`` (or ``Invertd``) multiplies the units back
+with :func:`restore_units`, which paths that keep the network's grid call alone.
 """
 
 from __future__ import annotations
@@ -70,6 +71,15 @@ class NormaliseStudyd(MapTransform, InvertibleTransform):
         """Multiply each present key's recorded scale back (the keys must carry this transform's trace)."""
         d = dict(data)
         for key in self.key_iterator(d):
-            scale = self.pop_transform(d[key])[TraceKeys.EXTRA_INFO]["scale"]
-            d[key] = d[key] * scale
+            d[key] = restore_units(d[key], d[key])
+            self.pop_transform(d[key])  # from the product's copy of the trace
         return d
+
+
+def restore_units(image: torch.Tensor, normalised: MetaTensor) -> torch.Tensor:
+    """``image`` multiplied back by the scale :class:`NormaliseStudyd` recorded last on ``normalised``'s trace (the
+    normalised PET's, for the network's output); the grid is left as it is."""
+    recorded = normalised.applied_operations[-1] if normalised.applied_operations else {}
+    if recorded.get(TraceKeys.CLASS_NAME) != NormaliseStudyd.__name__:
+        raise ValueError(f"the image's last transform is {recorded.get(TraceKeys.CLASS_NAME)}, not NormaliseStudyd")
+    return image * recorded[TraceKeys.EXTRA_INFO]["scale"]

@@ -18,7 +18,7 @@ from scripts.enhance import bundle_version
 from scripts.io.dicom import RESEARCH_USE
 from scripts.io.options import flag
 from scripts.io.studies import study_outputs
-from scripts.normalise import PET_SCALE_KEY
+from scripts.normalise import restore_units
 from scripts.plotting import qc_figure, save_figure
 
 logger = logging.getLogger(__name__)
@@ -59,12 +59,11 @@ class SaveQCPaneld(Transform):
         title += "  MRI-free (no MRI used)" if mri_free else ""
         footer = [f"M2Diff v{self.model_version}", RESEARCH_USE]
         affine = np.asarray(getattr(d["pet"], "affine", np.eye(4)), dtype=np.float64)
-        volumes = [_volume(d.get(k)) for k in ("pet", "pred", "mri")]
-        scale = float(d.get(PET_SCALE_KEY, 1.0))  # the PET images are still normalised here: back to activity units
-        volumes = [v if v is None or i == 2 else v * scale for i, v in enumerate(volumes)]
         units = (d.get("units") or {}).get("input_units")  # the outputs are converted after this panel
         try:
-            save_figure(qc_figure(*volumes, title=title, affine=affine, units=units, footer=footer), path)
+            pets = [_volume(restore_units(d[k], d["pet"])) for k in ("pet", "pred")]  # still normalised here
+            figure = qc_figure(*pets, _volume(d.get("mri")), title=title, affine=affine, units=units, footer=footer)
+            save_figure(figure, path)
         except Exception as exc:  # the QC picture is a convenience: its failure does not fail the study
             note = f"QC panel not written: {type(exc).__name__}: {exc}"
             logger.warning(f"study '{d['id']}': {note}")
