@@ -121,6 +121,8 @@ def _is_relative_path(key: str, value) -> bool:
 class PETSliceDataset(Randomizable, torch.utils.data.Dataset):
     """Random axial training slices of cached volumes, normalised per study as at inference.
 
+    Kept by hand: MONAI's ``PatchDataset`` draws fixed patches per volume, not each brain slice an epoch, dose redrawn.
+
     Every volume is loaded once. An item is one axial slice of one subject that holds enough brain; each time it is
     drawn it gets a dose level chosen at random among the subject's ``drfs`` and a random crop (centred on a random
     brain voxel of the slice, kept inside the image; zero-padded when the image is smaller than the crop: MONAI's
@@ -363,6 +365,8 @@ class MultiTaskDiffusionLoss(nn.Module):
 class EMAUpdate:
     """Update an exponential moving average of ``network``'s weights after every training iteration.
 
+    Kept by hand: ignite's ``EMAHandler`` has no ``module.``/``n_averaged`` keys: checkpoints' ``ema`` would not load.
+
     The average is torch's ``AveragedModel`` (built in the config with ``get_ema_multi_avg_fn(decay)``); its first
     update copies the network, so weights loaded at start (``pretrained_ckpt``) are where the average begins.
 
@@ -425,7 +429,8 @@ class BestModelState:
 
     Without it a resumed run forgets its best score: its first validation would replace ``model.pt`` (the best network
     so far) whatever that validation scored. Saved with the checkpoint, the evaluator's ``best_metric`` and the key
-    metric saver's record of ``model.pt``'s score come back on resume.
+    metric saver's record of ``model.pt``'s score come back on resume. The saver exports no record, so it is written
+    from the evaluator's best score: both keep a score only when it beats the last (the saver keeps one model).
 
     Args:
         evaluator: the validation engine (its ``state.best_metric`` and ``state.best_metric_epoch``).
@@ -438,12 +443,11 @@ class BestModelState:
 
     def state_dict(self) -> dict:
         state = self.evaluator.state
-        # MONAI's saver restores its record (load_state_dict) but only ignite's Checkpoint inside it exports one
-        saved = [] if self.saver is None else self.saver._key_metric_checkpoint.state_dict()["_saved"]
+        saved = self.saver is not None and self.has_best()
         return {
             "best_metric": float(state.best_metric),
             "best_metric_epoch": int(state.best_metric_epoch),
-            "saved": [(float(score), str(name)) for score, name in saved],
+            "saved": [(float(state.best_metric), "model.pt")] if saved else [],  # the saver's fixed file name
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
