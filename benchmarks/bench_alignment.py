@@ -48,6 +48,7 @@ MOVES = {
     "rotation_10deg": (0.0, 10.0),
     "shift_10mm_rotation_10deg": (10.0, 10.0),
     "reversed": (0.0, 180.0),
+    "shift_1mm": (1.0, 0.0),  # last: adding it left the other cases' random directions as they were
 }
 #: cases whose image is not a T1 (on the T1's place)
 CONTRASTS = ("t2_like", "flair_like")
@@ -125,27 +126,29 @@ def _preprocessed(out: Path, split: str, case: str, study: dict) -> dict:
     return load({"pet": str(base / study["pet"]), "mri": str(base / study["mri"]), "id": study["id"]})
 
 
-def run_checks(out: Path, split: str) -> None:
+def run_checks(out: Path, split: str, cases: list[str], register_modes: list[bool]) -> None:
     """Print, per case, the checks' ranges over the split's studies, registered and with the header trusted."""
     from scripts.registration import REGISTRATION_KEY, RegisterMRId
 
-    print("| case | registered | gain (max) | prominence (min) | white/grey (range) | MRI kept | seconds (max) |")
+    print("| case | registered | gain | prominence | white/grey | MRI kept | seconds (max) |")
     print("|---|---|---|---|---|---|---|")
-    for case in CASES:
+    for case in cases:
         studies = json.loads((out / split / "alignment" / f"{case}.json").read_text())
-        for register in (True, False):
+        for register in register_modes:
             records = []
             for study in studies:
                 data = RegisterMRId(register=register)(_preprocessed(out, split, case, study))
                 records.append(data[REGISTRATION_KEY])
-            gain = max(r["gain"] for r in records)
-            prominence = min(r["prominence"] for r in records)
-            ratio = [min(r["white_grey_ratio"] for r in records), max(r["white_grey_ratio"] for r in records)]
+
+            def span(key: str, digits: int) -> str:
+                values = [r[key] for r in records]
+                return f"{min(values):+.{digits}f} to {max(values):+.{digits}f}"
+
             kept = sum(r["used"] for r in records)
             seconds = max(r["seconds"] for r in records)
             print(
-                f"| {case} | {register} | {gain:+.3f} | {prominence:.2f} | {ratio[0]:.2f}-{ratio[1]:.2f} | "
-                f"{kept}/{len(records)} | {seconds:.1f} |",
+                f"| {case} | {register} | {span('gain', 3)} | {span('prominence', 2)} | "
+                f"{span('white_grey_ratio', 2)} | {kept}/{len(records)} | {seconds:.1f} |",
                 flush=True,
             )
 
@@ -153,9 +156,9 @@ def run_checks(out: Path, split: str) -> None:
 def run_enhance(out: Path, split: str, case: str, name: str | None, overrides: dict) -> None:
     """Enhance every study of a case through configs/inference.json into ``alignment/enhanced/<name>``."""
     base = out / split / "alignment"
-    studies = json.loads((base / f"{case}.json").read_text())
+    studies = json.loads((base / f"{'aligned' if case == 'mri_free' else case}.json").read_text())
     if case == "mri_free":
-        studies = [{k: v for k, v in s.items() if k != "mri"} for s in json.loads((base / "aligned.json").read_text())]
+        studies = [{k: v for k, v in s.items() if k != "mri"} for s in studies]
     studies = [{k: str((base / v).resolve()) if k in ("pet", "mri") else v for k, v in s.items()} for s in studies]
     target = base / "enhanced" / (name or case)
     target.mkdir(parents=True, exist_ok=True)
@@ -209,13 +212,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("data/recovery"), help="bench_recovery.py's --out")
     parser.add_argument("--split", choices=tuple(SPLIT_SEEDS), default="validation")
     parser.add_argument("--case", choices=CASES + ("mri_free",), default="aligned", help="enhance: the case")
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES), help="checks: the cases")
+    parser.add_argument(
+        "--register", nargs="+", choices=("true", "false"), default=["true", "false"], help="checks: registered or not"
+    )
     parser.add_argument("--name", default=None, help="enhance: the run's name (default: the case)")
     parser.add_argument("--override", nargs=argparse.REMAINDER, default=[], help="enhance: --key value pairs")
     args = parser.parse_args()
     if args.step == "cases":
         make_cases(args.out, args.split)
     elif args.step == "checks":
-        run_checks(args.out, args.split)
+        run_checks(args.out, args.split, args.cases, [mode == "true" for mode in args.register])
     elif args.step == "enhance":
         run_enhance(args.out, args.split, args.case, args.name, parse_overrides(args.override))
     else:
