@@ -267,7 +267,11 @@ def test_check_properties(cohort, tmp_path):
     assert workflow.check_properties() == []
 
 
-def test_mlflow_tracking(cohort, tmp_path):
+#: what evaluation writes besides inference's files, as its log names them
+EVALUATION_FILES = {"summary": "summary.json", "metrics": "metrics.csv", "panels": "panels" + os.sep}
+
+
+def test_mlflow_tracking(cohort, tmp_path, capsys):
     """Training and evaluation runs record resolved settings and checkpoints; evaluation names the training run."""
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
@@ -308,6 +312,10 @@ def test_mlflow_tracking(cohort, tmp_path):
         eval_max_studies=1,
         num_threads=1,
     )
+    console = capsys.readouterr().out
+    assert "m2diff, 1 DDIM step: 1 study, " in console  # the summary's title, in the singular
+    eval_dir = os.path.join(runs_dir, "eval", "test", "m2diff")
+    assert all(f"{name}: {os.path.join(eval_dir, file)}" in console for name, file in EVALUATION_FILES.items())
     runs = client.search_runs([experiment.experiment_id])
     eval_run = next(r for r in runs if r.info.run_id != train_run.info.run_id)
     params = eval_run.data.params
@@ -315,7 +323,7 @@ def test_mlflow_tracking(cohort, tmp_path):
     assert params["model_file"] == model_file and params["model_file.sha256"] == file_sha256(model_file)
     assert params["model_file.training_run_id"] == train_run.info.run_id
     assert params["model_file.training_experiment"] == "m2diff"
-    assert params["eval_dir"] == os.path.join(runs_dir, "eval", "test", "m2diff")
+    assert params["eval_dir"] == eval_dir
     assert params["method"] == "m2diff" and params["num_inference_steps"] == "1"
     assert params["network_def.context_slices"] == "1"  # a reference to a plainly written value
 
