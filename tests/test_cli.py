@@ -45,3 +45,39 @@ def test_typo_stops_inference_before_any_work(tmp_path):
     ]
     assert "Traceback" not in result.stderr + result.stdout
     assert not output_dir.exists()  # stopped before any work
+
+
+def test_inference_console_names_every_file_written_and_no_codec_notice(tmp_path):
+    """The documented command (QC PNG on): the console names each file written; MONAI's nvImageCodec notice (nothing
+    a user can act on) is not printed, its config-security warning once."""
+    output_dir = tmp_path / "out"
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
+    command += ["--bundle_root", ".", "--output_dir", str(output_dir), "--save_qc_png", "true"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run(command, cwd=BUNDLE_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    console = result.stdout + result.stderr
+    assert result.returncode == 0, console
+    written = sorted(str(path) for path in output_dir.rglob("*") if path.is_file())
+    assert written and all(path in console for path in written), (written, console)
+    assert {os.path.basename(path) for path in written} >= {"sample_qc.png", "sample_enhanced.nii.gz", "summary.json"}
+    assert "nvImageCodec" not in console
+    assert console.count("Only proceed if this config is from a source you trust") == 1
+    assert not [line for line in console.splitlines() if "Warning" in line or " - WARNING - " in line], console
+
+
+def test_quiet_notices_silence_only_the_codec_notice(caplog):
+    import logging
+    import warnings
+
+    from monai.data.image_reader import NvImgCodecPydicomReader
+
+    from scripts.cli import quiet_notices
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_notices()
+        NvImgCodecPydicomReader()  # says nvImageCodec is missing, as a log record and as a warning
+        warnings.warn("another warning", UserWarning)
+        logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").warning("another message")
+    assert [str(w.message) for w in caught] == ["another warning"]
+    assert "nvImageCodec" not in caplog.text and "another message" in caplog.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -266,22 +267,132 @@ def test_check_properties(cohort, tmp_path):
     assert workflow.check_properties() == []
 
 
-def test_mlflow_tracking(cohort, tmp_path):
+#: what evaluation writes besides inference's files, as its log names them
+EVALUATION_FILES = {"summary": "summary.json", "metrics": "metrics.csv", "panels": "panels" + os.sep}
+
+
+def test_mlflow_tracking(cohort, tmp_path, capsys):
+    """Training and evaluation runs record resolved settings and checkpoints; evaluation names the training run."""
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
     from monai.utils import path_to_sqlite_uri
 
-    _train(cohort, str(tmp_path), tracking="mlflow")
-    output_dir = os.path.join(str(tmp_path), "m2diff")
+    from scripts.enhance import file_sha256
+
+    runs_dir = str(tmp_path)
+    shipped = os.path.join(BUNDLE_ROOT, "models", "model.pt")
+    _train(cohort, runs_dir, tracking="mlflow", pretrained_ckpt=shipped, dataset_dir=cohort + "/./")
+    output_dir = os.path.join(runs_dir, "m2diff")
     client = MlflowClient(tracking_uri=path_to_sqlite_uri(os.path.join(output_dir, "mlruns.db")))
     experiment = client.get_experiment_by_name("m2diff")
     runs = client.search_runs([experiment.experiment_id])
-    assert runs, "no MLflow run recorded"
-    run = runs[0]
-    assert {"train_loss", "val_psnr", "val_ssim"} <= set(run.data.metrics)
-    assert {"max_epochs", "epoch_length", "learning_rate", "seed", "network_def.base_channels"} <= set(run.data.params)
-    assert run.data.params["patch_size"] == "[32, 32]" and run.data.params["mri_dropout_prob"] == "0.4"
-    assert any(a.path.startswith("config_") for a in client.list_artifacts(run.info.run_id))
+    assert len(runs) == 1, "one MLflow run recorded"
+    train_run = runs[0]
+    params = train_run.data.params
+    assert {"train_loss", "val_psnr", "val_ssim"} <= set(train_run.data.metrics)
+    assert {"max_epochs", "epoch_length", "learning_rate", "seed", "network_def.base_channels"} <= set(params)
+    assert params["patch_size"] == "[32, 32]" and params["mri_dropout_prob"] == "0.4"
+    assert any(a.path.startswith("config_") for a in client.list_artifacts(train_run.info.run_id))
+    # resolved values, never the config's expressions
+    assert not [(k, v) for k, v in params.items() if "$" in v or "@" in v]
+    assert params["output_dir"] == os.path.abspath(output_dir) and params["dataset_dir"] == os.path.abspath(cohort)
+    assert params["num_inference_steps"] == "2" and params["network_def.context_slices"] == "1"
+    assert params["pretrained_ckpt"] == shipped and params["pretrained_ckpt.sha256"] == file_sha256(shipped)
+    assert params["resume_ckpt"] == "null" and "resume_ckpt.sha256" not in params and "run" not in params
+
+    # the checkpoints name the run that saved them; evaluation records its checkpoint and that run
+    model_file = os.path.join(output_dir, "checkpoints", "model.pt")
+    run_workflow(
+        ["inference", "train", "evaluate"],
+        "infer",
+        tracking="mlflow",
+        dataset_dir=cohort,
+        runs_dir=runs_dir,
+        num_inference_steps=1,
+        eval_max_studies=1,
+        num_threads=1,
+    )
+    console = capsys.readouterr().out
+    assert "m2diff, 1 DDIM step: 1 study, " in console  # the summary's title, in the singular
+    eval_dir = os.path.join(runs_dir, "eval", "test", "m2diff")
+    assert all(f"{name}: {os.path.join(eval_dir, file)}" in console for name, file in EVALUATION_FILES.items())
+    runs = client.search_runs([experiment.experiment_id])
+    eval_run = next(r for r in runs if r.info.run_id != train_run.info.run_id)
+    params = eval_run.data.params
+    assert not [(k, v) for k, v in params.items() if "$" in v or "@" in v]
+    assert params["model_file"] == model_file and params["model_file.sha256"] == file_sha256(model_file)
+    assert params["model_file.training_run_id"] == train_run.info.run_id
+    assert params["model_file.training_experiment"] == "m2diff"
+    assert params["eval_dir"] == eval_dir
+    assert params["method"] == "m2diff" and params["num_inference_steps"] == "1"
+    assert params["network_def.context_slices"] == "1"  # a reference to a plainly written value
+
+
+def test_training_run_is_recorded_per_checkpoint_content(tmp_path):
+    """mlflow_runs.json keeps the run that first saved a file's content; a changed file is claimed by the new run."""
+    from ignite.engine import Engine, Events
+    from monai.handlers import MLFlowHandler
+
+    from scripts.tracking import RUNS_FILE, record_training_run, training_run
+
+    def one_run(write):
+        handler = MLFlowHandler(
+            tracking_uri=f"sqlite:///{tmp_path}/mlruns.db",
+            experiment_name="x",
+            iteration_log=False,
+            epoch_log=False,
+            close_on_complete=True,
+        )
+        engine = Engine(lambda e, b: write())
+        handler.attach(engine)
+        assert record_training_run(engine, [handler], str(tmp_path / "checkpoints"))
+        run_ids = []
+        engine.add_event_handler(Events.STARTED, lambda e: run_ids.append(handler.cur_run.info.run_id))
+        engine.run([0], max_epochs=1)
+        return run_ids[0]
+
+    model = tmp_path / "checkpoints" / "model.pt"
+    model.parent.mkdir()
+    first = one_run(lambda: model.write_bytes(b"weights 1"))
+    assert training_run(model)["run_id"] == first and training_run(model)["file"] == "model.pt"
+    assert one_run(lambda: None) != first and training_run(model)["run_id"] == first  # resumed, model.pt kept
+    second = one_run(lambda: model.write_bytes(b"weights 2"))
+    assert (
+        training_run(model)["run_id"] == second
+        and len(json.loads((model.parent / RUNS_FILE).read_text())["checkpoints"]) == 2
+    )
+    assert not record_training_run(Engine(lambda e, b: None), [], str(tmp_path))  # no MLflow: nothing recorded
+
+
+def test_config_parameters_resolve_or_leave_out_expressions():
+    from scripts.tracking import config_parameters
+
+    config = {
+        "_desc_": {"a": "b"},
+        "imports": ["$import os"],
+        "method": "m2diff",
+        "runs_dir": "$@bundle_root + '/../runs'",
+        "output_dir": "$@runs_dir + '/' + @method",
+        "num_inference_steps": "@val_num_inference_steps",
+        "val_num_inference_steps": 3,
+        "num_samples": "@samples",
+        "samples": 4,
+        "device": "$torch.device('cpu')",
+        "run": ["$@train#trainer.run()"],
+        "network_def": {"_target_": "Net", "channels": [1, 2], "context_slices": "@context_slices", "x": "$1 + 1"},
+    }
+    params = config_parameters(config, {"runs_dir": "/r", "val_num_inference_steps": 3, "context_slices": 2})
+    assert params == {
+        "method": "m2diff",
+        "runs_dir": "/r",
+        "num_inference_steps": "3",
+        "val_num_inference_steps": "3",
+        "num_samples": "4",
+        "samples": "4",
+        "network_def.channels": "[1, 2]",
+        "network_def.context_slices": "2",
+        "context_slices": "2",
+    }
 
 
 def test_no_validation_subjects_still_leaves_model_for_evaluation(tmp_path):

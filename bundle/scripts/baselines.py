@@ -21,6 +21,7 @@ import torch
 from monai.networks.nets import DiffusionModelUNet
 from monai.transforms import LoadImage
 
+from scripts.cli import quiet_notices
 from scripts.inferers import GaussianFilterInferer
 from scripts.metrics import masked_psnr
 from scripts.training import load_cohort
@@ -104,6 +105,7 @@ def main() -> None:
     parser.add_argument("--fwhms_mm", type=float, nargs="+", default=[0, 2, 3, 4, 5, 6, 8, 10])
     parser.add_argument("--output", default=None, help="write the result as JSON here")
     args = parser.parse_args()
+    quiet_notices()
     result = search_gaussian_fwhm(args.datalist, args.fwhms_mm)
     text = json.dumps(result, indent=2)
     print(text)

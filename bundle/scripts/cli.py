@@ -2,7 +2,8 @@
 
 MONAI adds any ``--key value`` to the config, so a typo (``--num_sample 4`` for ``--num_samples 4``) would be
 silently ignored. Every entrypoint config calls :func:`prepare_command_line` first in its ``initialize`` list: it
-checks the keys and makes an uncaught error end in one line on the terminal (the traceback goes to a log file).
+checks the keys, makes an uncaught error end in one line on the terminal (the traceback goes to a log file) and
+silences notices nobody can act on (:func:`quiet_notices`).
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from __future__ import annotations
 import ast
 import difflib
 import inspect
+import logging
 import os
+import re
 import sys
 import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -181,7 +185,38 @@ def _write_traceback(text: str, log_dir: str | None) -> str:
     return "not written"
 
 
+#: notices nobody can act on, by the logger that prints them: MONAI builds its nvImageCodec DICOM reader in every
+#: ``LoadImage`` and says each time that nvImageCodec (GPU decoding of compressed DICOM) is missing; the bundle
+#: reads DICOM with pydicom itself (scripts/io/dicom.py), so installing nvImageCodec changes nothing
+QUIET_LOG_MESSAGES = {"monai.data.nvimgcodec_pydicom_plugin": ("nvImageCodec is not available",)}
+#: the same notice as a Python warning, by the start of its message
+QUIET_WARNINGS = ("NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register",)
+
+
+class _DropMessages(logging.Filter):
+    """Drops a logger's records whose message starts with one of ``starts``."""
+
+    def __init__(self, starts: tuple[str, ...]) -> None:
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.starts)
+
+
+def quiet_notices() -> None:
+    """Silence :data:`QUIET_LOG_MESSAGES` and :data:`QUIET_WARNINGS` (nothing else: other warnings still show)."""
+    for name, starts in QUIET_LOG_MESSAGES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages(starts))
+    for text in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=re.escape(text), category=UserWarning)
+
+
 def prepare_command_line(log_dir: str | None = None) -> None:
-    """First step of every entrypoint: refuse unknown ``--key`` options, then install the one-line error hook."""
+    """First step of every entrypoint: refuse unknown ``--key`` options, install the one-line error hook and silence
+    the notices nobody can act on (:func:`quiet_notices`)."""
     check_override_keys()
     install_error_hook(log_dir)
+    quiet_notices()

@@ -194,6 +194,12 @@ def load_images(paths: dict) -> dict:
     return arrays
 
 
+def _count(number: int, noun: str) -> str:
+    """``1 DDIM step``, ``4 DDIM steps``, ``1 study``, ``2 studies``."""
+    plural = noun[:-1] + "ies" if noun.endswith("y") else noun + "s"
+    return f"{number} {noun if number == 1 else plural}"
+
+
 class StudyEvaluationHandler:
     """Score each study inference wrote; write ``metrics.csv``, ``summary.json`` and panels.
 
@@ -301,6 +307,10 @@ class StudyEvaluationHandler:
         }
         path = write_json(summary, os.path.join(self.output_dir, "summary.json"))
         engine.state.metrics.update(final_metrics(summary["metrics"]))
-        steps = f", {self.num_inference_steps} DDIM steps" if self.num_inference_steps else ""
-        title = f"{self.method}{steps}: {summary['num_studies']} studies, {summary['seconds_per_volume']:.1f} s/volume"
-        logger.info(f"{title}\n{summary_table(summary['metrics'])}\nsummary: {path}")
+        steps = f", {_count(self.num_inference_steps, 'DDIM step')}" if self.num_inference_steps else ""
+        title = f"{self.method}{steps}: {_count(summary['num_studies'], 'study')}, "
+        title += f"{summary['seconds_per_volume']:.1f} s/volume"
+        panels = os.path.join(self.output_dir, "panels")
+        written = f"summary: {path}\nmetrics: {os.path.join(self.output_dir, 'metrics.csv')}"
+        written += f"\npanels: {panels}{os.sep}<study>.png" if self.save_panels else ""
+        logger.info(f"{title}\n{summary_table(summary['metrics'])}\n{written}")

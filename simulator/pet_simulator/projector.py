@@ -8,6 +8,7 @@ matmul with the image flattened to (X * Y, Z) and the sinogram to (n_angles * n_
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -65,11 +66,18 @@ def _joseph_coo(
     return np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
 
 
+def _csr(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor.to_sparse_csr()`` without torch's "Sparse CSR tensor support is in beta state" notice (nothing for a
+    user to act on; printed by each worker process of a simulation)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state", category=UserWarning)
+        return tensor.to_sparse_csr()
+
+
 def _to_csr(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:
-    coo = torch.sparse_coo_tensor(
-        torch.from_numpy(np.stack([rows, cols])), torch.from_numpy(vals.astype(np.float32)), size=shape
-    ).coalesce()
-    return coo.to_sparse_csr()
+    indices = torch.from_numpy(np.stack([rows, cols]))
+    coo = torch.sparse_coo_tensor(indices, torch.from_numpy(vals.astype(np.float32)), size=shape, check_invariants=True)
+    return _csr(coo.coalesce())
 
 
 class ParallelBeamProjector:
@@ -196,8 +204,8 @@ class GaussianPSF:
         for n, f, v in zip(self.shape, fw, vx):
             k = gaussian_kernel_matrix(n, f / v, tail_fraction)
             k[k < 1e-7] = 0.0  # banded: keeps the matmul cheap
-            self.mats.append(torch.from_numpy(k).to_sparse_csr())
-            self.mats_t.append(torch.from_numpy(np.ascontiguousarray(k.T)).to_sparse_csr())
+            self.mats.append(_csr(torch.from_numpy(k)))
+            self.mats_t.append(_csr(torch.from_numpy(np.ascontiguousarray(k.T))))
 
     def _apply(self, image: torch.Tensor, mats: list[torch.Tensor]) -> torch.Tensor:
         nx, ny, nz = image.shape

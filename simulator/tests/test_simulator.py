@@ -104,3 +104,23 @@ def test_one_mm_to_two_mm_resampling_conserves_mean():
     np.testing.assert_allclose(
         planes[..., 1].numpy(), (0.25 * sino[..., 1] + 0.5 * sino[..., 2] + 0.25 * sino[..., 3]).numpy(), rtol=1e-6
     )
+
+
+def test_projector_and_psf_build_without_torch_notices():
+    """torch's sparse-tensor notices (beta state, implicit invariant checks) are not printed by a simulation: each
+    worker process would print them (a fresh process: torch says each once per process)."""
+    import os
+    import subprocess
+    import sys
+
+    import pet_simulator
+
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(pet_simulator.__file__)))  # the one tested here
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")])}
+    code = (
+        "import warnings; warnings.simplefilter('error')\n"
+        "from pet_simulator.projector import GaussianPSF, ParallelBeamProjector\n"
+        "ParallelBeamProjector((8, 8), n_angles=4, n_subsets=2); GaussianPSF((8, 8, 2), 4.0)\n"
+    )
+    result = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0 and "Sparse" not in result.stderr, result.stderr
