@@ -85,7 +85,15 @@ def main() -> None:
         warm_t = None if warm == "none" else int(warm)
         for samples in args.samples:
             for steps in args.steps:
-                sampler = DDIMVolumeSampler(steps, warm_t, samples, args.slice_batch_size, seed=0, progress=False)
+                sampler = DDIMVolumeSampler(
+                    steps,
+                    warm_t,
+                    samples,
+                    args.slice_batch_size,
+                    seed=0,
+                    progress=False,
+                    context_slices=getattr(network, "context_slices", 0),
+                )
                 rows: dict[int, list] = {}
                 for record, inputs, sd, mask, low_dose in cases:
                     start = time.perf_counter()

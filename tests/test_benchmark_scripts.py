@@ -102,11 +102,6 @@ def test_consistency_benchmark_scores_fixed_and_automatic_cut_offs(cohort, weigh
     assert "| 8 mm | 100 |" in out and "| auto 0.6 % | 100 |" in out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bench_steps.py builds DDIMVolumeSampler without the network's context_slices: the shipped 2.5D layout "
-    "gets 3 channels for 7 (remove this mark once it passes)",
-)
 def test_steps_benchmark_scores_a_slab(cohort, weights, tmp_path):
     """The tiny network in the shipped layout (inference.json's context_slices), as the shipped weights run."""
     with open(os.path.join(REPO, "bundle", "configs", "inference.json")) as f:
