@@ -183,25 +183,29 @@ def score(out: Path, split: str) -> None:
             image = base / "enhanced" / run / "seed0" / study_id / f"{study_id}_enhanced.nii.gz"
             psnr[run][study_id] = metrics.masked_psnr(np.asarray(nib.load(image).dataobj, np.float64), ref, brain)
     reference = psnr.get("aligned_trusted")
+    registered = psnr.get("aligned")
     mri_free = psnr.get("mri_free")
     print(
         f"{split} split, 1/{DOSE} dose, {len(next(iter(psnr.values())))} studies: "
         "brain PSNR (dB) against the noise-free SD"
     )
     print(
-        "| run | PSNR mean | vs aligned, header trusted: mean (worst) | vs MRI-free: worst | MRI kept | reg. s (max) |"
+        "| run | PSNR mean | vs aligned, header trusted: mean (worst) | vs aligned, registered: mean (worst) "
+        "| vs MRI-free: worst | MRI kept | reg. s (max) |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for run in runs:
         ids = sorted(psnr[run])
         values = np.array([psnr[run][i] for i in ids])
         versus = np.array([psnr[run][i] - reference[i] for i in ids]) if reference else np.full(len(ids), np.nan)
+        aligned = np.array([psnr[run][i] - registered[i] for i in ids]) if registered else np.full(len(ids), np.nan)
         free = np.array([psnr[run][i] - mri_free[i] for i in ids]) if mri_free else np.full(len(ids), np.nan)
         records = [summaries[run][i].get("mri_registration") or {} for i in ids]
         kept = sum(bool(r.get("used")) for r in records)
         seconds = max([r.get("seconds", 0.0) for r in records] or [0.0])
         print(
-            f"| {run} | {values.mean():.2f} | {versus.mean():+.2f} ({versus.min():+.2f}) | {free.min():+.2f} | "
+            f"| {run} | {values.mean():.2f} | {versus.mean():+.2f} ({versus.min():+.2f}) | "
+            f"{aligned.mean():+.2f} ({aligned.min():+.2f}) | {free.min():+.2f} | "
             f"{kept}/{len(ids)} | {seconds:.1f} |"
         )
 
