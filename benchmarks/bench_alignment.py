@@ -1,7 +1,7 @@
 """A T1 that does not line up, or is not a T1: the registration, its checks and the fallback, measured.
 
 Runs on the contrast-recovery cohorts (``bench_recovery.py simulate``: seed 5101 validation, 5102 test; T1s on the
-PET's grid, half of them whole-head). Four steps:
+PET's grid, half of them whole-head). Five steps:
 
 1. ``cases``: per subject, T1s moved by known rigid transforms (written by changing the NIfTI affine: the T1 moves
    in the world without being resampled, as a T1 registered badly by someone else would be), and two images that
@@ -13,7 +13,8 @@ PET's grid, half of them whole-head). Four steps:
 3. ``enhance``: one case through the bundle's inference workflow (``configs/inference.json``), the product's path;
    ``--name`` and ``--override`` run variants (``--override --register_mri false``: the header trusted).
 4. ``score``: brain-masked PSNR against the noise-free standard dose per case, against the aligned run with the header
-   trusted and the MRI-free mode; registration seconds and fallbacks from ``summary.json``.
+   trusted, the aligned run registered and the MRI-free mode; registration seconds and fallbacks from ``summary.json``.
+5. ``time``: seconds of the registration and its checks per study, per thread count (run it on an idle machine).
 
     python benchmarks/bench_alignment.py cases --out data/recovery --split validation
     python benchmarks/bench_alignment.py checks --out data/recovery --split validation
@@ -21,6 +22,7 @@ PET's grid, half of them whole-head). Four steps:
     python benchmarks/bench_alignment.py enhance --out data/recovery --split test --case aligned \
         --name aligned_trusted --override --register_mri false
     python benchmarks/bench_alignment.py score --out data/recovery --split test
+    python benchmarks/bench_alignment.py time --out data/recovery --split test --cases aligned shift_10mm_rotation_10deg
 """
 
 from __future__ import annotations
@@ -153,6 +155,30 @@ def run_checks(out: Path, split: str, cases: list[str], register_modes: list[boo
             )
 
 
+def time_registration(out: Path, split: str, cases: list[str], threads: list[int]) -> None:
+    """Seconds of the registration and checks per study (``RegisterMRId`` alone), per case and torch thread count."""
+    import time
+
+    import torch
+
+    from scripts.registration import RegisterMRId
+
+    for count in threads:
+        torch.set_num_threads(count)
+        for case in cases:
+            seconds = []
+            for study in json.loads((out / split / "alignment" / f"{case}.json").read_text()):
+                data = _preprocessed(out, split, case, study)
+                start = time.perf_counter()
+                RegisterMRId()(data)
+                seconds.append(time.perf_counter() - start)
+            print(
+                f"{count} thread(s), {case}: {np.mean(seconds):.2f} s mean, "
+                f"{np.min(seconds):.2f}-{np.max(seconds):.2f} s per study ({len(seconds)} studies)",
+                flush=True,
+            )
+
+
 def run_enhance(out: Path, split: str, case: str, name: str | None, overrides: dict) -> None:
     """Enhance every study of a case through configs/inference.json into ``alignment/enhanced/<name>``."""
     base = out / split / "alignment"
@@ -212,11 +238,12 @@ def score(out: Path, split: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=("cases", "checks", "enhance", "score"))
+    parser.add_argument("step", choices=("cases", "checks", "enhance", "score", "time"))
     parser.add_argument("--out", type=Path, default=Path("data/recovery"), help="bench_recovery.py's --out")
     parser.add_argument("--split", choices=tuple(SPLIT_SEEDS), default="validation")
     parser.add_argument("--case", choices=CASES + ("mri_free",), default="aligned", help="enhance: the case")
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES), help="checks: the cases")
+    parser.add_argument("--threads", type=int, nargs="+", default=[2, 1], help="time: torch thread counts")
     parser.add_argument(
         "--register", nargs="+", choices=("true", "false"), default=["true", "false"], help="checks: registered or not"
     )
@@ -227,6 +254,8 @@ def main() -> None:
         make_cases(args.out, args.split)
     elif args.step == "checks":
         run_checks(args.out, args.split, args.cases, [mode == "true" for mode in args.register])
+    elif args.step == "time":
+        time_registration(args.out, args.split, args.cases, args.threads)
     elif args.step == "enhance":
         run_enhance(args.out, args.split, args.case, args.name, parse_overrides(args.override))
     else:

@@ -12,7 +12,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from inference_testing import BUNDLE, run_workflow, write_datalist
+from inference_testing import BUNDLE, blob_volume, grid_affine, run_workflow, save_nifti, write_datalist
+from monai.bundle import ConfigParser
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd, ResampleToMatch, Spacingd
 from scipy.spatial.transform import Rotation
 
@@ -128,3 +129,27 @@ def test_inference_falls_back_to_mri_free_and_says_why(tmp_path, weights):
     assert "T1" in studies["t2"]["mri_registration"]["reason"]
     enhanced = [nib.load(tmp_path / "out" / i / f"{i}_enhanced.nii.gz").get_fdata() for i in ("t2", "free")]
     np.testing.assert_array_equal(enhanced[0], enhanced[1])
+
+
+def test_an_mri_of_the_pets_shape_on_another_grid_comes_out_resampled(tmp_path):
+    """Same shape, grid shifted by 2 voxels along x: inference's preprocessing moves it onto the PET's grid.
+
+    (A field of view this small is not registered: the header's alignment is trusted, with a warning.)
+    """
+    affine = grid_affine(spacing=(2.0, 2.0, 2.0))
+    shifted = affine.copy()
+    shifted[0, 3] += 2 * 2.0
+    mri = blob_volume(seed=1, peak=400.0, background=5.0)
+    record = {
+        "id": "s",
+        "pet": str(save_nifti(blob_volume(), affine, tmp_path / "pet.nii.gz")),
+        "mri": str(save_nifti(mri, shifted, tmp_path / "mri.nii.gz")),
+    }
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    parser["bundle_root"] = str(BUNDLE)
+    study = parser.get_parsed_content("preprocessing")(record)
+    out = study["mri"].numpy()[0]
+    assert study[REGISTRATION_KEY]["used"] and "note" in study[REGISTRATION_KEY]
+    np.testing.assert_allclose(out[:2], 0.0, atol=1e-6)  # outside the MRI: zeros
+    np.testing.assert_allclose(out[2:] / out[2:].mean(), mri[:-2] / mri[:-2].mean(), rtol=1e-4, atol=1e-5)

@@ -153,12 +153,16 @@ def _mlflow_handlers(handler_lists: Iterable[Iterable | None]) -> list:
 
 
 def log_config_parameters(
-    *handler_lists: Iterable, resolved: Mapping | None = None, checkpoints: Mapping | None = None
+    *handler_lists: Iterable,
+    handlers: Iterable | None = None,
+    resolved: Mapping | None = None,
+    checkpoints: Mapping | None = None,
 ) -> int:
     """Give each ``MLFlowHandler`` among the handlers the settings of the executed config it saves as artifact.
 
     Args:
         handler_lists: the engines' handler lists (``@train#handlers``, ``@validate#handlers`` or ``@handlers``).
+        handlers: one more handler list, by name (a config's ``_target_`` passes keywords only).
         resolved: resolved values by config id (the config's checked options): see :func:`config_parameters`.
         checkpoints: checkpoint files the run reads, by name (``{"model_file": path}``; ``None`` values are left
             out): see :func:`checkpoint_parameters`.
@@ -167,7 +171,7 @@ def log_config_parameters(
         the number of handlers given parameters (0 without ``--tracking mlflow``).
     """
     count = 0
-    for handler in _mlflow_handlers(handler_lists):
+    for handler in _mlflow_handlers(handler_lists + ((handlers,) if handlers is not None else ())):
         configs = [str(p) for p in handler.artifacts if str(p).endswith(".json")]
         if not configs:
             continue
