@@ -160,3 +160,20 @@ def test_an_implausible_noise_estimate_is_warned_about(caplog):
     assert "implausible" not in caplog.text
     consistent_with_measurement(0.05 * truth, low_dose, [2.0] * 3, "auto", 0.6)  # an output far from the input
     assert "is implausible for a PET study" in caplog.text
+
+
+def test_a_cut_off_in_mm_acts_in_mm_on_anisotropic_voxels():
+    """A point's low-pass response has the cut-off's FWHM in mm along every axis, whatever each axis' voxel size."""
+    spacing, cutoff_mm = (2.0, 3.0, 4.0), 12.0
+    shape = (41, 41, 41)
+    low_dose = torch.zeros((1, *shape))
+    low_dose[0, 20, 20, 20] = 1.0
+    response, used = consistent_with_measurement(torch.zeros_like(low_dose), low_dose, spacing, cutoff_mm, 0.6)
+    assert used == cutoff_mm
+    for axis, size in enumerate(spacing):
+        index = [20, 20, 20]
+        index[axis] = slice(None)
+        profile = response[0][tuple(index)].numpy()
+        above_half = np.flatnonzero(profile >= profile.max() / 2)
+        width_mm = (above_half[-1] - above_half[0] + 1) * size  # half-maximum width, to a voxel
+        assert abs(width_mm - cutoff_mm) <= size, (axis, width_mm)
