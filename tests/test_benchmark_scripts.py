@@ -13,7 +13,7 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
-from inference_testing import TINY_NETWORK, write_datalist
+from inference_testing import TINY_NETWORK, nifti_study, write_datalist
 from tiny_cohort import make_tiny_cohort
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -25,6 +25,7 @@ SMOKE = (
     "bench_hospital.py",  # its ONNX part; processes (torchrun) and node (Orthanc) parts: --help only
     "bench_inference.py",
     "bench_methods.py",
+    "bench_startup.py",
     "bench_steps.py",
     "bench_uncertainty.py",
     "inference_memory.py",
@@ -145,3 +146,11 @@ def test_summarise_cohort_reads_a_cohort(tmp_path):
     assert "subjects: 4" in out and "test         2 subjects, AD 1" in out
     noise = [line for line in out.splitlines() if line.strip().startswith("pet_drf100 ") and "%" in line]
     assert noise and "nan" not in noise[0]
+
+
+def test_startup_benchmark_times_every_stage_of_the_enhance_command(weights, tmp_path):
+    datalist = write_datalist([nifti_study(tmp_path / "study")], tmp_path / "studies.json")
+    args = ["--datalist", str(datalist), "--ckpt_path", str(weights), "--override", *_overrides()]
+    out = _run("benchmarks/bench_startup.py", *args)
+    for stage in ("import torch", "import monai", "parse the config", "run: weights, studies, writing", "total"):
+        assert f"| {stage} | " in out, out
