@@ -26,6 +26,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 from monai.data import MetaTensor
+from monai.data.utils import affine_to_spacing
 from monai.transforms import MapTransform, ResampleToMatch
 from scipy import ndimage
 
@@ -207,11 +208,12 @@ class RegisterMRId(MapTransform):
             d[self.mri_key] = self.resample(mri, img_dst=pet)
             d[REGISTRATION_KEY] = {"registered": False, "used": True, "note": note}
             return d
+        spacing = np.asarray(affine_to_spacing(pet.affine, r=3), dtype=np.float64)
         record: dict[str, Any] = {"registered": self.register}
         if self.register:
-            mri = self._registered(pet, mri, record)
+            mri = self._registered(pet, mri, spacing, record)
         on_grid = self.resample(mri, img_dst=pet)
-        record.update(self._checks(pet, on_grid))
+        record.update(self._checks(pet, on_grid, spacing))
         record["seconds"] = round(time.perf_counter() - start, 3)
         d[REGISTRATION_KEY] = record
         if record["used"]:
@@ -221,9 +223,8 @@ class RegisterMRId(MapTransform):
             d.pop(self.mri_key)
         return d
 
-    def _registered(self, pet: MetaTensor, mri: MetaTensor, record: dict) -> MetaTensor:
+    def _registered(self, pet: MetaTensor, mri: MetaTensor, spacing: np.ndarray, record: dict) -> MetaTensor:
         """The MRI with its affine corrected by the rigid transform that best matches it to the PET."""
-        spacing = np.sqrt((np.asarray(pet.affine, dtype=np.float64)[:3, :3] ** 2).sum(0))
         header_aligned = self.resample(mri, img_dst=pet)
         result = register_rigid(_array(pet), _array(header_aligned), spacing, threads=max(1, torch.get_num_threads()))
         pet_affine = np.asarray(pet.affine, dtype=np.float64)
@@ -242,9 +243,8 @@ class RegisterMRId(MapTransform):
         )
         return registered
 
-    def _checks(self, pet: MetaTensor, mri_on_grid: MetaTensor) -> dict:
+    def _checks(self, pet: MetaTensor, mri_on_grid: MetaTensor, spacing: np.ndarray) -> dict:
         """The alignment and T1-contrast checks; ``used`` and, when it fails, ``reason``."""
-        spacing = np.sqrt((np.asarray(pet.affine, dtype=np.float64)[:3, :3] ** 2).sum(0))
         smooth = ndimage.gaussian_filter(_array(pet), fwhm_to_sigma(CHECK_FWHM_MM) / spacing)
         mri = _array(mri_on_grid)
         checks = alignment_gain(smooth, mri, spacing)
